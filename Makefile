@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` and `make test`. Both set up the
+# environment first (idempotent: seconds when nothing changed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_CONFIG ?= configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py
+DEMO_WORK_DIR ?= work_dirs/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test clean-demo
+
+setup:
+	VENV=$(abspath $(VENV)) bash scripts/setup_env.sh
+
+# Train the demo twin on the embedded data (generated on first use), then evaluate
+# the final checkpoint with tools/test.py: prints COCO box metrics.
+demo: setup
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
+	$(PY) tools/test.py $(DEMO_CONFIG) $$(cat $(DEMO_WORK_DIR)/last_checkpoint) --work-dir $(DEMO_WORK_DIR)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf $(DEMO_WORK_DIR)

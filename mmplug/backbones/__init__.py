@@ -1,0 +1,7 @@
+"""Backbone wrappers.
+
+Contract: wrap any registered backbone config and insert plugins where mmdet's
+and mmseg's backbones take none (BasicBlock ResNets, Darknet, CSPDarknet, HRNet),
+without changing the wrapped backbone's checkpoint keys.
+"""
+__all__ = []

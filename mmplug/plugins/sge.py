@@ -1,0 +1,123 @@
+"""Spatial Group-wise Enhance (SGE).
+
+Li, Hu, Yang. "Spatial Group-wise Enhance: Improving Semantic Feature Learning
+in Convolutional Networks", 2019. https://arxiv.org/abs/1905.09646
+
+Each of ``G`` channel groups is a sub-feature ``X = {x_1..x_m}`` (``m = H*W``
+positions, each a ``C/G`` vector). The paper (Sec. 3):
+
+1. ``g = mean_i x_i``                       global descriptor of the group
+2. ``c_i = g . x_i``                        similarity of each position to it
+3. ``c_hat_i = (c_i - mu_c) / (sigma_c + eps)``   normalised over the positions
+4. ``a_i = gamma * c_hat_i + beta``         one (gamma, beta) pair per group
+5. ``x_hat_i = x_i * sigmoid(a_i)``
+
+Details taken from the paper and the authors' release:
+
+* ``sigma_c`` is the unbiased standard deviation and ``eps = 1e-5`` is added to
+  it (not to the variance), as in the authors' code.
+* Init: ``gamma = 0`` and ``beta = 1`` (the authors' code), so at step 0 every
+  position is scaled by ``sigmoid(1) ~= 0.731``. Some popular re-implementations
+  (e.g. fightingcv-attention) start ``beta`` at 0, i.e. a gate of 0.5.
+
+Deliberate robustness choices (same function in fp32):
+
+* The normalisation statistics are computed in float32 whatever the input
+  dtype. In fp16 the squared deviations overflow and give the NaNs users report;
+  the map they are computed on is ``C/G`` times smaller than ``x``.
+* On a 1x1 map (one position) the unbiased std is undefined (0/0). We divide by
+  ``max(m - 1, 1)``, so the normalised similarity is 0 and the gate is
+  ``sigmoid(beta)``: finite, instead of NaN.
+"""
+import torch
+from mmengine.model import BaseModule
+
+from mmplug.registry import MODELS
+
+
+@MODELS.register_module()
+class SGE(BaseModule):
+    """Spatial Group-wise Enhance plugin.
+
+    Args:
+        in_channels (int): Channels of the input feature map. Must be divisible
+            by ``groups``.
+        groups (int): Number of channel groups ``G``. Defaults to 64, the
+            paper's setting for ResNet.
+        eps (float): Added to the standard deviation in the normalisation.
+            Defaults to 1e-5.
+        init_cfg (dict | list[dict], optional): mmengine init config. The
+            paper's init (gamma 0, beta 1) is applied by ``init_weights()``
+            regardless. Defaults to None.
+
+    Note:
+        Shape preserving, so it fits any plugin position of mmdet/mmseg
+        ``ResNet``; the paper puts it after the last BatchNorm of every
+        bottleneck (``position='after_conv3'``). It adds only ``2 * groups``
+        parameters. At init it scales the features by ``sigmoid(1)`` ~= 0.731
+        everywhere.
+
+    Example:
+        >>> import torch
+        >>> from mmplug.plugins import SGE
+        >>> sge = SGE(in_channels=256, groups=64)
+        >>> sge(torch.randn(2, 256, 28, 28)).shape
+        torch.Size([2, 256, 28, 28])
+
+        In an mmdet/mmseg ResNet config::
+
+            plugins=[dict(cfg=dict(type='SGE', groups=64),
+                          stages=(True, True, True, True),
+                          position='after_conv3')]
+    """
+
+    _abbr_ = 'sge'
+
+    def __init__(self, in_channels, groups=64, eps=1e-5, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        for name, value in (('in_channels', in_channels), ('groups', groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'SGE: {name} must be a positive int, got {value!r}')
+        if in_channels % groups != 0:
+            raise ValueError(
+                f'SGE: in_channels ({in_channels}) must be divisible by groups ({groups}); '
+                f'choose groups among the divisors of {in_channels}')
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f'SGE: eps must be a positive float, got {eps!r}')
+        self.in_channels = in_channels
+        self.groups = groups
+        self.eps = float(eps)
+        self.weight = torch.nn.Parameter(torch.zeros(groups))  # gamma
+        self.bias = torch.nn.Parameter(torch.ones(groups))  # beta
+
+    def init_weights(self):
+        """Paper/authors' init: gamma = 0, beta = 1.
+
+        Runs after the host's ``init_cfg`` (mmengine calls children's
+        ``init_weights`` last); a ``Pretrained`` init of the whole model that
+        holds SGE keys still wins, as mmengine skips re-initialising then.
+        """
+        super().init_weights()
+        torch.nn.init.zeros_(self.weight)
+        torch.nn.init.ones_(self.bias)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f'SGE: expected {self.in_channels} input channels, got {c} '
+                             f'(input shape {tuple(x.shape)})')
+        g, m = self.groups, h * w
+        xg = x.reshape(n * g, c // g, m)  # [N*G, C/G, HW]
+        mean = xg.mean(dim=2, keepdim=True)  # [N*G, C/G, 1]
+        # c_i = g . x_i as one batched matmul: [N*G, 1, C/G] @ [N*G, C/G, HW].
+        # In float32 even under autocast: fp16 dot products over C/G channels of
+        # large activations overflow (no-op casts for fp32 inputs).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            sim = torch.bmm(mean.transpose(1, 2).float(), xg.float())  # [N*G, 1, HW]
+        sim = sim - sim.mean(dim=2, keepdim=True)
+        std = (sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)).sqrt()
+        sim = sim / (std + self.eps)
+        sim = sim.view(n, g, m) * self.weight.float().view(1, g, 1) \
+            + self.bias.float().view(1, g, 1)  # [N, G, HW]
+        gate = torch.sigmoid(sim).to(x.dtype).view(n * g, 1, m)  # [N*G, 1, HW]
+        return (xg * gate).view(n, c, h, w)

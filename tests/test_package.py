@@ -1,0 +1,66 @@
+"""The package contract: registry, import hygiene, no name clashes with OpenMMLab."""
+import subprocess
+import sys
+
+import pytest
+from mmengine.registry import MODELS as ROOT_MODELS
+
+import mmplug
+from mmplug import MODELS
+
+#: Every type mmplug registers; extend when a module is added.
+MMPLUG_TYPES = ['SGE']
+
+
+def _run(code):
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+
+
+def test_registry_is_mmengine_root():
+    assert MODELS is ROOT_MODELS
+    assert MODELS.scope == 'mmengine' and MODELS.parent is None
+
+
+@pytest.mark.parametrize('name', MMPLUG_TYPES)
+def test_types_are_registered_in_root(name):
+    cls = ROOT_MODELS.get(name)
+    assert cls is not None and cls.__module__.startswith('mmplug.')
+    assert getattr(mmplug, name) is cls
+
+
+def test_no_name_clash_with_mmcv_mmdet_mmseg():
+    # Import OpenMMLab's modules first, then mmplug (a clash raises KeyError at import),
+    # and check that no child registry defines one of our names either.
+    proc = _run(
+        'import mmcv.cnn, mmcv.ops\n'
+        'from mmdet.utils import register_all_modules as det\n'
+        'from mmseg.utils import register_all_modules as seg\n'
+        'det(init_default_scope=False); seg(init_default_scope=False)\n'
+        'from mmdet.registry import MODELS as D\n'
+        'from mmseg.registry import MODELS as S\n'
+        'from mmengine.registry import MODELS as R\n'
+        'before = set(R.module_dict)\n'
+        'import mmplug\n'
+        f'names = {MMPLUG_TYPES!r}\n'
+        'assert not before & set(names), before & set(names)\n'
+        'assert not set(D.module_dict) & set(names), set(D.module_dict) & set(names)\n'
+        'assert not set(S.module_dict) & set(names), set(S.module_dict) & set(names)\n'
+        'print("ok")\n')
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
+
+
+@pytest.mark.parametrize('missing', ['mmdet', 'mmseg'])
+def test_imports_without_mmdet_or_mmseg(missing):
+    # sys.modules[name] = None makes `import name` fail as if it were not installed.
+    proc = _run(f'import sys; sys.modules[{missing!r}] = None\n'
+                'import mmplug, mmplug.data\n'
+                'from mmplug import SGE\n'
+                f'assert {missing!r} not in [m.split(".")[0] for m in sys.modules if sys.modules[m]]\n'
+                'print("ok")\n')
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
+
+
+def test_import_does_not_pull_mmdet_or_mmseg():
+    proc = _run('import sys, mmplug\n'
+                'print(sorted({m.split(".")[0] for m in sys.modules} & {"mmdet", "mmseg"}))\n')
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stderr

@@ -1,0 +1,195 @@
+"""SGE: contract, numerics, OpenMMLab integration and parity with fightingcv-attention."""
+import math
+
+import pytest
+import torch
+from mmcv.cnn import build_plugin_layer
+from mmengine.registry import DefaultScope
+
+from mmplug.plugins import SGE
+
+
+def _reference_sge(x, groups, weight, bias, eps=1e-5):
+    """The paper's equations written out plainly (unbiased std, eps added to std)."""
+    n, c, h, w = x.shape
+    xg = x.reshape(n, groups, c // groups, h * w)
+    g = xg.mean(dim=3, keepdim=True)
+    sim = (xg * g).sum(dim=2)  # [N, G, HW]
+    sim = sim - sim.mean(dim=2, keepdim=True)
+    sim = sim / (sim.std(dim=2, keepdim=True) + eps)
+    a = sim * weight.view(1, groups, 1) + bias.view(1, groups, 1)
+    return (xg * torch.sigmoid(a).unsqueeze(2)).reshape(n, c, h, w)
+
+
+def _randomize(sge, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sge.weight.copy_(torch.randn(sge.groups, generator=gen))
+        sge.bias.copy_(torch.randn(sge.groups, generator=gen))
+    return sge
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=100, groups=64), ['100', '64', 'divisible']),
+    (dict(in_channels=64, groups=0), ['groups', '0']),
+    (dict(in_channels=0), ['in_channels', '0']),
+    (dict(in_channels=64.0, groups=8), ['in_channels', '64.0']),
+    (dict(in_channels=True, groups=1), ['in_channels', 'True']),
+    (dict(in_channels=64, groups=8, eps=0), ['eps', '0']),
+])
+def test_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        SGE(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_wrong_input_channels_named():
+    with pytest.raises(ValueError, match='expected 64 input channels, got 32'):
+        SGE(64, groups=8)(torch.randn(1, 32, 4, 4))
+
+
+@pytest.mark.parametrize('shape', [(1, 64, 1, 1), (1, 64, 7, 9), (2, 64, 16, 15), (3, 128, 5, 1)])
+def test_shape_preserved_and_matches_equations(shape, device):
+    sge = _randomize(SGE(shape[1], groups=16)).to(device)
+    x = torch.randn(shape, device=device)
+    out = sge(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if shape[2] * shape[3] > 1:
+        ref = _reference_sge(x, 16, sge.weight, sge.bias)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_init_gate_is_sigmoid_one():
+    sge = SGE(64, groups=8)
+    assert torch.equal(sge.weight, torch.zeros(8)) and torch.equal(sge.bias, torch.ones(8))
+    x = torch.randn(2, 64, 6, 6)
+    torch.testing.assert_close(sge(x), x * torch.sigmoid(torch.tensor(1.0)))
+
+
+def test_one_by_one_map_is_finite_and_gated_by_bias():
+    # One position: the unbiased std of one element is 0/0 in the naive form.
+    sge = _randomize(SGE(32, groups=4))
+    x = torch.randn(2, 32, 1, 1) * 10
+    out = sge(x)
+    gate = torch.sigmoid(sge.bias).repeat_interleave(8).view(1, 32, 1, 1)
+    torch.testing.assert_close(out, x * gate)
+
+
+def test_gradients_reach_every_parameter(device):
+    sge = _randomize(SGE(64, groups=8)).to(device)
+    x = torch.randn(2, 64, 9, 7, device=device, requires_grad=True)
+    sge(x).square().sum().backward()
+    for name, p in [('x', x)] + list(sge.named_parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('scale', [1.0, 300.0])
+@pytest.mark.parametrize('hw', [(1, 1), (14, 14)])
+def test_low_precision_autocast_is_finite(dtype, scale, hw, device):
+    # scale 300: squared deviations of the similarity map overflow fp16 (max 65504).
+    sge = _randomize(SGE(256, groups=64)).to(device)
+    conv = torch.nn.Conv2d(256, 256, 1).to(device)
+    x = torch.randn(2, 256, *hw, device=device) * scale
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        y = conv(x)
+        out = sge(y)
+    assert out.dtype == y.dtype == dtype
+    assert torch.isfinite(out).all()
+    ref = sge(y.float())
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2 * scale)
+
+
+def test_low_precision_parameters_without_autocast():
+    sge = _randomize(SGE(64, groups=8)).to(torch.bfloat16)
+    x = torch.randn(2, 64, 8, 8, dtype=torch.bfloat16) * 100
+    out = sge(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_constant_input_is_finite():
+    sge = _randomize(SGE(64, groups=8))
+    x = torch.full((2, 64, 5, 5), 3.0)
+    out = sge(x)
+    torch.testing.assert_close(out, x * torch.sigmoid(sge.bias).repeat_interleave(8).view(1, 64, 1, 1))
+
+
+def test_parity_with_fightingcv_attention():
+    fcv = pytest.importorskip('fightingcv_attention.attention.SGE')
+    groups = 16
+    ours = _randomize(SGE(128, groups=groups), seed=3)
+    peer = fcv.SpatialGroupEnhance(groups=groups)
+    with torch.no_grad():
+        peer.weight.copy_(ours.weight.view(1, groups, 1, 1))
+        peer.bias.copy_(ours.bias.view(1, groups, 1, 1))
+    x = torch.randn(4, 128, 14, 14)
+    diff = (ours(x) - peer(x)).abs().max().item()
+    assert diff < 1e-5, diff
+    # The documented difference: fightingcv starts beta at 0 (gate 0.5), the authors at 1.
+    assert torch.equal(fcv.SpatialGroupEnhance(groups=groups).bias, torch.zeros(1, groups, 1, 1))
+    torch.testing.assert_close(SGE(128, groups=groups)(x), x * (1 / (1 + math.exp(-1))))
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    with DefaultScope.overwrite_default_scope(scope):
+        name, layer = build_plugin_layer(dict(type='SGE', groups=32), postfix='_1', in_channels=256)
+    assert isinstance(layer, SGE) and name == 'sge_1' and layer.in_channels == 256
+
+
+def _mmdet_resnet(plugins, **kwargs):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return MODELS.build(dict(type='ResNet', depth=50, plugins=plugins, **kwargs))
+
+
+def test_inside_mmdet_resnet_with_config_plugins():
+    plugins = [dict(cfg=dict(type='SGE'), stages=(False, True, True, True), position='after_conv3')]
+    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3)).eval()
+    sges = {n: m for n, m in model.named_modules() if isinstance(m, SGE)}
+    assert len(sges) == 4 + 6 + 3
+    assert 'layer1.0.sge' not in sges and 'layer2.0.sge' in sges  # stage 1 has none
+    assert {m.in_channels for m in sges.values()} == {512, 1024, 2048}
+    calls = []
+    for m in sges.values():
+        m.register_forward_hook(lambda *a: calls.append(1))
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+    assert len(calls) == 13
+
+
+def test_init_weights_survive_backbone_init():
+    plugins = [dict(cfg=dict(type='SGE', groups=32), stages=(True, True, True, True),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, init_cfg=[
+        dict(type='Kaiming', layer='Conv2d'),
+        dict(type='Constant', val=0.5, layer=['_BatchNorm', 'GroupNorm']),
+    ])
+    sges = [m for m in model.modules() if isinstance(m, SGE)]
+    for m in sges:
+        _randomize(m)
+    model.init_weights()
+    for m in sges:
+        assert torch.equal(m.weight, torch.zeros_like(m.weight))
+        assert torch.equal(m.bias, torch.ones_like(m.bias))
+    assert torch.all(model.bn1.weight == 0.5)  # the host's init did run
+
+
+def test_two_plugins_at_one_position_both_applied():
+    plugins = [
+        dict(cfg=dict(type='SGE', groups=8), stages=(False, False, False, True),
+             position='after_conv3', postfix='_a'),
+        dict(cfg=dict(type='SGE', groups=16), stages=(False, False, False, True),
+             position='after_conv3', postfix='_b'),
+    ]
+    model = _mmdet_resnet(plugins).eval()
+    block = model.layer4[0]
+    assert block.after_conv3_plugin_names == ['sge_a', 'sge_b']
+    calls = []
+    block.sge_a.register_forward_hook(lambda *a: calls.append('a'))
+    block.sge_b.register_forward_hook(lambda *a: calls.append('b'))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == ['a', 'b'] * 3  # three blocks in stage 4
