@@ -47,13 +47,15 @@ def test_annotations_are_consistent(coco_root):
 def _det_dataset(root, split):
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
-    return DATASETS.build(dict(
-        type='CocoDataset', data_root=root, ann_file=f'annotations/instances_{split}.json',
-        data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES), test_mode=True,
-        pipeline=[dict(type='LoadImageFromFile'),
-                  dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-                  dict(type='PackDetInputs')]))
+    with DefaultScope.overwrite_default_scope('mmdet'):  # mmdet's transforms, not mmcv's
+        return DATASETS.build(dict(
+            type='CocoDataset', data_root=root, ann_file=f'annotations/instances_{split}.json',
+            data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES), test_mode=True,
+            pipeline=[dict(type='LoadImageFromFile'),
+                      dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+                      dict(type='PackDetInputs')]))
 
 
 def test_mmdet_cocodataset_and_cocometric(coco_root):

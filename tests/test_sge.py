@@ -148,7 +148,8 @@ def _mmdet_resnet(plugins, **kwargs):
 
 def test_inside_mmdet_resnet_with_config_plugins():
     plugins = [dict(cfg=dict(type='SGE'), stages=(False, True, True, True), position='after_conv3')]
-    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3)).eval()
+    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3))
+    model.eval()  # mmdet's ResNet.train() returns None, so no chaining
     sges = {n: m for n, m in model.named_modules() if isinstance(m, SGE)}
     assert len(sges) == 4 + 6 + 3
     assert 'layer1.0.sge' not in sges and 'layer2.0.sge' in sges  # stage 1 has none
@@ -180,16 +181,32 @@ def test_init_weights_survive_backbone_init():
 
 def test_two_plugins_at_one_position_both_applied():
     plugins = [
-        dict(cfg=dict(type='SGE', groups=8), stages=(False, False, False, True),
-             position='after_conv3', postfix='_a'),
-        dict(cfg=dict(type='SGE', groups=16), stages=(False, False, False, True),
-             position='after_conv3', postfix='_b'),
+        # mmdet reads `postfix` from inside `cfg`; it names the submodule.
+        dict(cfg=dict(type='SGE', groups=8, postfix='_a'), stages=(False, False, False, True),
+             position='after_conv3'),
+        dict(cfg=dict(type='SGE', groups=16, postfix='_b'), stages=(False, False, False, True),
+             position='after_conv3'),
     ]
-    model = _mmdet_resnet(plugins).eval()
+    model = _mmdet_resnet(plugins)
+    model.eval()
     block = model.layer4[0]
     assert block.after_conv3_plugin_names == ['sge_a', 'sge_b']
     calls = []
     block.sge_a.register_forward_hook(lambda *a: calls.append('a'))
     block.sge_b.register_forward_hook(lambda *a: calls.append('b'))
     model(torch.randn(1, 3, 32, 32))
-    assert calls == ['a', 'b'] * 3  # three blocks in stage 4
+    assert calls == ['a', 'b']  # both applied, in order
+
+
+def test_constant_group_map_has_finite_gradients():
+    # Behind a zero-initialised BN (mmdet ResNet's zero_init_residual, from scratch) the
+    # input is all zeros: the std is 0 and a plain sqrt has an infinite derivative there.
+    sge = _randomize(SGE(64, groups=8))
+    bn = torch.nn.BatchNorm2d(64)
+    torch.nn.init.zeros_(bn.weight)
+    x = torch.randn(2, 64, 7, 7, requires_grad=True)
+    out = sge(bn(x))
+    (out.sum() + bn(x).sum()).backward()
+    for name, p in [('x', x), ('bn.weight', bn.weight)] + list(sge.named_parameters()):
+        assert torch.isfinite(p.grad).all(), name
+    assert bn.weight.grad.abs().sum() > 0

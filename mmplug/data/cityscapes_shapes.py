@@ -103,7 +103,8 @@ def _shape(rng, kind, box, **kwargs):
     kwargs.setdefault('rotate', False)
     poly = random_polygon(rng, kind, (0.0, 0.0), 2.0, **kwargs)
     x0, y0, x1, y1 = box
-    return poly * np.array([(x1 - x0) / 2, (y1 - y0) / 2]) + np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    half = np.array([(x1 - x0) / 2, (y1 - y0) / 2])
+    return poly * half + np.array([(x0 + x1) / 2, (y0 + y1) / 2])
 
 
 def _quad(x0, y0, x1, y1):
@@ -188,7 +189,8 @@ def _draw_pole(rng, scene, base_x, base_y, height, with_sign):
         kind = _pick(rng, ('triangle', 'ellipse', 'rectangle', 'rectangle'))
         plate = _shape(rng, kind, (base_x - size / 2, top, base_x + size / 2, top + size),
                        max_aspect=1.3, max_shear=0.1, jitter=0.03)
-        scene.fill(plate, SIGN, scene.add_region(_color(rng, _pick(rng, _SIGN_COLORS), 15), noise=5))
+        paint = scene.add_region(_color(rng, _pick(rng, _SIGN_COLORS), 15), noise=5)
+        scene.fill(plate, SIGN, paint)
     elif rng.random() < 0.6:  # a street lamp: horizontal arm, still a pole
         arm = rng.uniform(0.04, 0.1) * scene.width * (1 if rng.random() < 0.5 else -1)
         scene.fill(_quad(min(base_x, base_x + arm), top, max(base_x, base_x + arm), top + w),
@@ -280,10 +282,11 @@ def _draw_scene(rng, width, height, max_cars, max_people, max_poles, ignore_bord
     lane_y = curb(0) + (height - curb(0)) * rng.uniform(0.45, 0.65)
     dash, gap = rng.uniform(0.06, 0.12) * width, rng.uniform(0.04, 0.1) * width
     thick = max(1.0, 0.015 * height)
+    slope = (walk_right - walk_left) / width  # the marking runs parallel to the curb
     for x in np.arange(-rng.uniform(0, dash + gap), width, dash + gap):
-        y = lane_y + (walk_right - walk_left) * x / width
-        scene.fill(np.array([[x, y], [x + dash, y + (walk_right - walk_left) * dash / width],
-                             [x + dash + thick, y + thick + (walk_right - walk_left) * dash / width],
+        y = lane_y + slope * x
+        scene.fill(np.array([[x, y], [x + dash, y + slope * dash],
+                             [x + dash + thick, y + thick + slope * dash],
                              [x + thick, y + thick]]), ROAD, mark)
 
     # Things on the sidewalk (poles, people) then on the road (cars), far to near.
@@ -300,15 +303,23 @@ def _draw_scene(rng, width, height, max_cars, max_people, max_poles, ignore_bord
         x = rng.uniform(-0.2, 0.9) * width
         y = rng.uniform(curb(x) + 0.08 * height, height * 1.05)
         items.append((y, 'car', x))
+    cars = []  # (x0, x1, bottom) of the cars drawn so far
     for y, kind, x in sorted(items):
         depth = 0.6 + 0.7 * (y - ground) / max(height - ground, 1.0)  # perspective scale
+        if kind == 'car':
+            length = rng.uniform(0.45, 0.7) * height * depth
+            # Cars may partly occlude each other, but never hide one almost entirely.
+            if any(min(x + length, c1) - max(x, c0) > 0.5 * min(length, c1 - c0)
+                   and y - cb < 0.25 * length for c0, c1, cb in cars):
+                continue
+            cars.append((x, x + length, y))
         if kind == 'pole':
             _draw_pole(rng, scene, x, y, rng.uniform(0.3, 0.55) * height * depth,
                        with_sign=rng.random() < 0.6)
         elif kind == 'person':
             _draw_person(rng, scene, x, y, rng.uniform(0.17, 0.3) * height * depth)
         else:
-            _draw_car(rng, scene, x, y, rng.uniform(0.45, 0.7) * height * depth, road_rgb)
+            _draw_car(rng, scene, x, y, length, road_rgb)
 
     img = scene.render(rng, brightness=rng.uniform(0.75, 1.15), blur=0.6)
     label = np.asarray(scene.label, dtype=np.uint8)
@@ -332,7 +343,7 @@ def _make_split(root, split, num_images, seed, width, height, max_cars, max_peop
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(ann_dir, exist_ok=True)
         img.save(osp.join(img_dir, stem + IMG_SUFFIX))
-        Image.fromarray(label, mode='L').save(osp.join(ann_dir, stem + SEG_MAP_SUFFIX))
+        Image.fromarray(label).save(osp.join(ann_dir, stem + SEG_MAP_SUFFIX))
 
 
 def generate_cityscapes_shapes(root, *, num_train=200, num_val=50, seed=0, width=256, height=128,

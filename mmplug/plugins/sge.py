@@ -115,7 +115,12 @@ class SGE(BaseModule):
         with torch.autocast(device_type=x.device.type, enabled=False):
             sim = torch.bmm(mean.transpose(1, 2).float(), xg.float())  # [N*G, 1, HW]
         sim = sim - sim.mean(dim=2, keepdim=True)
-        std = (sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)).sqrt()
+        var = sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)
+        # clamp: d sqrt(v)/dv is infinite at v = 0, i.e. NaN gradients whenever a
+        # group's map is constant -- e.g. behind a zero-initialised BN (mmdet's
+        # ResNet zero_init_residual) when training from scratch. Below 1e-12 the
+        # std (1e-6) is negligible beside eps anyway.
+        std = var.clamp_min(1e-12).sqrt()
         sim = sim / (std + self.eps)
         sim = sim.view(n, g, m) * self.weight.float().view(1, g, 1) \
             + self.bias.float().view(1, g, 1)  # [N, G, HW]
