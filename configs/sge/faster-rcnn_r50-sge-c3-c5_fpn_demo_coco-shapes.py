@@ -4,8 +4,8 @@
 # What changes, and why:
 # - no ImageNet download: the backbone trains from scratch, so its BN layers train
 #   (norm_eval=False) and nothing is frozen (frozen_stages=-1);
-# - 4 classes, 192x192 images, fewer proposals and RoI samples (cheap on CPU);
-# - a short schedule with warm-up.
+# - 4 classes, 128x128 images, fewer proposals and RoI samples (cheap on CPU);
+# - a short schedule with warm-up, and AdamW (see optim_wrapper).
 _base_ = './faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py'
 
 model = dict(
@@ -39,7 +39,7 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
-    batch_size=8,
+    batch_size=4,
     num_workers=1,
     dataset=dict(data_root=data_root, metainfo=metainfo,
                  ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
@@ -54,15 +54,20 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 12
+max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min_ratio=0.01,
          convert_to_iter_based=True),
 ]
-optim_wrapper = dict(optimizer=dict(lr=0.02), clip_grad=dict(max_norm=35, norm_type=2))
+# AdamW converges much faster from scratch here than the base SGD (measured on this
+# set, 2 epochs: box mAP@0.5 0.46 with AdamW lr 3e-4 vs 0.14 with SGD lr 0.02; lr 1e-3
+# and 1.5e-4 were worse after 1 epoch).
+optim_wrapper = dict(
+    optimizer=dict(_delete_=True, type='AdamW', lr=3e-4, weight_decay=0.05),
+    clip_grad=dict(max_norm=35, norm_type=2))
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
-auto_scale_lr = dict(base_batch_size=8)
+auto_scale_lr = dict(base_batch_size=4)

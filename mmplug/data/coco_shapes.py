@@ -22,7 +22,7 @@ from .shapes import (SHAPE_NAMES, contrasting_color, fill_polygon, polygon_area,
 
 CLASSES = SHAPE_NAMES
 #: Bump when the generator's output changes, so cached copies are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SPLIT_IDS = {'train': 0, 'val': 1}
 
 
@@ -36,7 +36,7 @@ def _place_objects(rng, width, height, max_objects, min_size, max_size):
         size = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
         center = rng.uniform(size * 0.4, [width - size * 0.4, height - size * 0.4])
         cls = int(rng.integers(len(CLASSES)))
-        poly = random_polygon(rng, CLASSES[cls], center, size)
+        poly = random_polygon(rng, CLASSES[cls], center, size, max_shear=0.2, jitter=0.05)
         poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
         poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
         x0, y0, x1, y1 = polygon_bbox(poly)
@@ -86,8 +86,8 @@ def _make_split(root, split, num_images, seed, width, height, max_objects, min_s
     return ann_id
 
 
-def generate_coco_shapes(root, *, num_train=512, num_val=128, seed=0, width=192, height=192,
-                         max_objects=5, min_size=20, max_size=80, with_masks=True):
+def generate_coco_shapes(root, *, num_train=512, num_val=128, seed=0, width=128, height=128,
+                         max_objects=4, min_size=24, max_size=64, with_masks=True):
     """Write the COCO-format shapes set under ``root``.
 
     Args:
@@ -96,12 +96,12 @@ def generate_coco_shapes(root, *, num_train=512, num_val=128, seed=0, width=192,
         num_val (int): Validation images. Defaults to 128.
         seed (int): Seed; the output is a pure function of the arguments.
             Defaults to 0.
-        width (int): Image width. Defaults to 192.
-        height (int): Image height. Defaults to 192.
+        width (int): Image width. Defaults to 128.
+        height (int): Image height. Defaults to 128.
         max_objects (int): At most this many objects per image (at least 1).
-            Defaults to 5.
-        min_size (float): Smallest object extent in pixels. Defaults to 20.
-        max_size (float): Largest object extent in pixels. Defaults to 80.
+            Defaults to 4.
+        min_size (float): Smallest object extent in pixels. Defaults to 24.
+        max_size (float): Largest object extent in pixels. Defaults to 64.
         with_masks (bool): Write polygon ``segmentation`` fields. Defaults to True.
 
     Returns:
