@@ -54,7 +54,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_epochs = 4
+max_epochs = 3
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
@@ -62,12 +62,15 @@ param_scheduler = [
          convert_to_iter_based=True),
 ]
 # AdamW converges much faster from scratch here than the base SGD (measured on this
-# set, 2 epochs: box mAP@0.5 0.46 with AdamW lr 3e-4 vs 0.14 with SGD lr 0.02; lr 1e-3
-# and 1.5e-4 were worse after 1 epoch).
+# set, after 1024 images: box mAP@0.5 0.46 with AdamW lr 3e-4 vs 0.14 with SGD lr 0.02;
+# lr 1e-3 and 1.5e-4 were worse after 512). fused=True: the CPU step of 41 M params
+# takes 0.017 s instead of 0.129 s.
 optim_wrapper = dict(
-    optimizer=dict(_delete_=True, type='AdamW', lr=3e-4, weight_decay=0.05),
+    optimizer=dict(_delete_=True, type='AdamW', lr=3e-4, weight_decay=0.05, fused=True),
     clip_grad=dict(max_norm=35, norm_type=2))
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_epochs, max_keep_ckpts=1))
 auto_scale_lr = dict(base_batch_size=4)
+# A fixed seed: the demo's numbers are reproducible on the same machine type.
+randomness = dict(seed=0)
