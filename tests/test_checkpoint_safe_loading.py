@@ -20,14 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from mmengine.model import BaseModel
+from _tiny_training import Synthetic, TinyNet
 from mmengine.runner import Runner
-from torch.utils.data import Dataset
 
 import mmplug
-from mmplug import SGE
 from mmplug.utils import allow_mmengine_checkpoints
 from mmplug.utils.checkpoint import MMENGINE_SAFE_GLOBALS
 
@@ -41,33 +37,6 @@ pytestmark = pytest.mark.skipif(
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-class _TinyNet(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn = nn.BatchNorm2d(16)
-        self.sge = SGE(in_channels=16, groups=4)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        x = self.sge(torch.relu(self.bn(self.conv(inputs)))).mean((2, 3))
-        logits = self.head(x)
-        if mode == 'loss':
-            return dict(loss=F.cross_entropy(logits, labels))
-        return logits
-
-
-class _Synthetic(Dataset):
-    def __init__(self, n=16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 8, 8, generator=g)
-        self.y = torch.randint(0, 4, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], labels=self.y[i])
 
 
 def _runner(work_dir, name, by_epoch=True, **kwargs):
@@ -78,11 +47,11 @@ def _runner(work_dir, name, by_epoch=True, **kwargs):
         train_cfg = dict(by_epoch=False, max_iters=4, val_interval=100)
         ckpt = dict(type='CheckpointHook', interval=2, by_epoch=False)
     return Runner(
-        model=_TinyNet(),
+        model=TinyNet(),
         work_dir=str(work_dir),
         experiment_name=name,
         train_dataloader=dict(
-            dataset=_Synthetic(), batch_size=8, num_workers=0,
+            dataset=Synthetic(), batch_size=8, num_workers=0,
             sampler=dict(type='DefaultSampler', shuffle=True),
             collate_fn=dict(type='default_collate')),
         train_cfg=train_cfg,
@@ -311,16 +280,12 @@ _TRAIN_SCRIPT = textwrap.dedent('''
 
     import torch
     torch.set_num_threads(1)
-    import torch.nn as nn
-    import torch.nn.functional as F
     from mmengine.hooks import Hook
-    from mmengine.model import BaseModel
     from mmengine.registry import MODELS
     from mmengine.runner import Runner
-    from torch.utils.data import Dataset
 
-    import mmplug  # registers SGE and allow-lists mmengine checkpoint objects
-    from mmplug import SGE
+    import mmplug  # noqa: F401  registers SGE and allow-lists mmengine checkpoint objects
+    from _tiny_training import Synthetic, TinyNet  # tests/ is on PYTHONPATH
 
     work_dir, max_epochs, resume, pause_marker = sys.argv[1:5]
 
@@ -333,36 +298,7 @@ _TRAIN_SCRIPT = textwrap.dedent('''
         torch.serialization.add_safe_globals(keep)
 
 
-    @MODELS.register_module(name='ResumeTestNet')
-    class Net(BaseModel):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 16, 3, padding=1)
-            self.bn = nn.BatchNorm2d(16)
-            self.sge = SGE(in_channels=16, groups=4)
-            self.head = nn.Linear(16, 4)
-
-        def forward(self, inputs, labels=None, mode='tensor'):
-            x = self.sge(torch.relu(self.bn(self.conv(inputs)))).mean((2, 3))
-            logits = self.head(x)
-            if mode == 'loss':
-                return dict(loss=F.cross_entropy(logits, labels))
-            return logits
-
-
-    class Synthetic(Dataset):
-        """Deterministic in-memory data, no augmentation."""
-
-        def __init__(self, n=64):
-            g = torch.Generator().manual_seed(1234)
-            self.x = torch.randn(n, 3, 12, 12, generator=g)
-            self.y = torch.randint(0, 4, (n,), generator=g)
-
-        def __len__(self):
-            return len(self.y)
-
-        def __getitem__(self, i):
-            return dict(inputs=self.x[i], labels=self.y[i])
+    MODELS.register_module(name='ResumeTestNet', module=TinyNet)
 
 
     class Report(Hook):
@@ -385,7 +321,7 @@ _TRAIN_SCRIPT = textwrap.dedent('''
         model=dict(type='ResumeTestNet'),
         work_dir=work_dir,
         train_dataloader=dict(
-            dataset=Synthetic(), batch_size=8, num_workers=0,
+            dataset=Synthetic(n=64, size=12, seed=1234), batch_size=8, num_workers=0,
             sampler=dict(type='DefaultSampler', shuffle=True),
             collate_fn=dict(type='default_collate')),
         train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=int(max_epochs)),
@@ -411,7 +347,7 @@ _TRAIN_SCRIPT = textwrap.dedent('''
 def _child_env(**extra):
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
-        [str(REPO_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+        [str(REPO_ROOT), str(REPO_ROOT / 'tests')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
     env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
                PYTHONUNBUFFERED='1')
     env.update(extra)

@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from mmcv.cnn import build_plugin_layer
-from mmengine.registry import DefaultScope
+from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, build_plugin_in_scope
+from _harness import mmdet_resnet as _mmdet_resnet
 
 from mmplug.plugins import SGE
 
@@ -79,10 +79,7 @@ def test_one_by_one_map_is_finite_and_gated_by_bias():
 def test_gradients_reach_every_parameter(device):
     sge = _randomize(SGE(64, groups=8)).to(device)
     x = torch.randn(2, 64, 9, 7, device=device, requires_grad=True)
-    sge(x).square().sum().backward()
-    for name, p in [('x', x)] + list(sge.named_parameters()):
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    assert_grads_reach_every_parameter(sge, x)
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
@@ -134,16 +131,8 @@ def test_parity_with_fightingcv_attention():
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_registry_build_from_downstream_scope(scope):
-    with DefaultScope.overwrite_default_scope(scope):
-        name, layer = build_plugin_layer(dict(type='SGE', groups=32), postfix='_1', in_channels=256)
+    name, layer = build_plugin_in_scope(dict(type='SGE', groups=32), scope, in_channels=256)
     assert isinstance(layer, SGE) and name == 'sge_1' and layer.in_channels == 256
-
-
-def _mmdet_resnet(plugins, **kwargs):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS.build(dict(type='ResNet', depth=50, plugins=plugins, **kwargs))
 
 
 def test_inside_mmdet_resnet_with_config_plugins():
@@ -165,10 +154,7 @@ def test_inside_mmdet_resnet_with_config_plugins():
 def test_init_weights_survive_backbone_init():
     plugins = [dict(cfg=dict(type='SGE', groups=32), stages=(True, True, True, True),
                     position='after_conv3')]
-    model = _mmdet_resnet(plugins, init_cfg=[
-        dict(type='Kaiming', layer='Conv2d'),
-        dict(type='Constant', val=0.5, layer=['_BatchNorm', 'GroupNorm']),
-    ])
+    model = _mmdet_resnet(plugins, init_cfg=HOST_INIT_CFG)
     sges = [m for m in model.modules() if isinstance(m, SGE)]
     for m in sges:
         _randomize(m)

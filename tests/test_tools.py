@@ -98,3 +98,52 @@ def test_real_config_builds_with_sge_in_c3_c5():
     model = MODELS.build(cfg.model)  # no init_weights(): that would download ResNet-50
     names = [n for n, m in model.named_modules() if isinstance(m, SGE)]
     assert len(names) == 4 + 6 + 3 and not any(n.startswith('backbone.layer1.') for n in names)
+
+
+_MMSEG_CONFIG = '''
+_base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py'
+custom_imports = dict(imports=['mmplug'], allow_failed_imports=False)
+norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
+crop_size = (64, 128)
+model = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(norm_cfg=norm_cfg, plugins=[
+        dict(cfg=dict(type='SGE', groups=32), stages=(False, False, True, True),
+             position='after_conv3')]),
+    decode_head=dict(norm_cfg=norm_cfg, channels=32),
+    auxiliary_head=dict(norm_cfg=norm_cfg, channels=16))
+data_root = '{data_root}'
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='RandomCrop', crop_size=crop_size), dict(type='PackSegInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline, indices=4))
+val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline, indices=2))
+test_dataloader = val_dataloader
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2, val_interval=2)
+default_hooks = dict(checkpoint=dict(by_epoch=False, interval=2), logger=dict(interval=1))
+'''
+
+
+@pytest.mark.slow
+def test_tools_on_an_mmseg_config(tmp_path):
+    """The same tools run an mmseg config (default_scope='mmseg') with an mmplug plugin."""
+    cfg_file = tmp_path / 'deeplabv3_r50-sge_tiny_cityscapes-shapes.py'
+    cfg_file.write_text(_MMSEG_CONFIG.format(data_root=f'{tmp_path}/cityscapes_shapes/'))
+    work_dir = str(tmp_path / 'work')
+    code, out = _tool('train.py', str(cfg_file), '--work-dir', work_dir)
+    assert code == 0, out[-3000:]
+    assert 'generating the embedded demo set' in out and 'mIoU' in out
+    out_pkl = str(tmp_path / 'seg.pkl')
+    code, out = _tool('test.py', str(cfg_file), osp.join(work_dir, 'iter_2.pth'), '--work-dir',
+                      work_dir, '--out', out_pkl, '--show-dir', str(tmp_path / 'vis'))
+    assert code == 0, out[-3000:]
+    assert 'mIoU' in out
+    with open(out_pkl, 'rb') as f:
+        assert len(pickle.load(f)) == 2
+    drawn = [f for _, _, files in os.walk(tmp_path / 'vis') for f in files if f.endswith('.png')]
+    assert len(drawn) == 2
