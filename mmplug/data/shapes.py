@@ -7,7 +7,7 @@ boxes, COCO polygon masks and rasterised label maps from one description.
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
 #: Unit outlines in [-1, 1]^2, before aspect, rotation, shear and jitter.
 _UNIT_OUTLINES = {

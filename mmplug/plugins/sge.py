@@ -33,6 +33,7 @@ import torch
 from mmengine.model import BaseModule
 
 from mmplug.registry import MODELS
+from mmplug.utils.validation import check_int
 
 
 @MODELS.register_module()
@@ -76,8 +77,7 @@ class SGE(BaseModule):
     def __init__(self, in_channels, groups=64, eps=1e-5, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         for name, value in (('in_channels', in_channels), ('groups', groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'SGE: {name} must be a positive int, got {value!r}')
+            check_int('SGE', name, value)
         if in_channels % groups != 0:
             raise ValueError(
                 f'SGE: in_channels ({in_channels}) must be divisible by groups ({groups}); '

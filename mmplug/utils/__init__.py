@@ -1,4 +1,9 @@
-"""Utilities that are not modules (checkpoint loading helpers)."""
+"""Utilities that are not modules: checkpoint loading, channel arithmetic, argument checks."""
+from .channels import make_divisible, reduced_channels
 from .checkpoint import allow_mmengine_checkpoints
+from .validation import check_cfg, check_int, check_int_pair
 
-__all__ = ['allow_mmengine_checkpoints']
+__all__ = [
+    'allow_mmengine_checkpoints', 'check_cfg', 'check_int', 'check_int_pair', 'make_divisible',
+    'reduced_channels'
+]
