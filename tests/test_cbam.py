@@ -1,0 +1,266 @@
+"""CBAM: contract, numerics, export, OpenMMLab integration and parity with
+fightingcv-attention."""
+import pytest
+import torch
+import torch.nn.functional as F
+from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_plugin_in_scope,
+                      randomize_)
+from _harness import mmdet_resnet as _mmdet_resnet
+
+from mmplug.plugins.cbam import CBAM
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws its inputs from a fixed seed, whatever runs before it."""
+    torch.manual_seed(0)
+
+
+def _randomize(cbam, seed=0):
+    """Random weights; BN with random affine and running stats (eval mode uses them)."""
+    randomize_(cbam, seed=seed, scale=0.5)
+    norm = cbam.spatial_norm
+    if isinstance(norm, torch.nn.BatchNorm2d):
+        gen = torch.Generator().manual_seed(seed + 100)
+        norm.running_mean.copy_(torch.randn(1, generator=gen))
+        norm.running_var.copy_(torch.rand(1, generator=gen) + 0.5)
+    return cbam
+
+
+def _reference_cbam(x, cbam):
+    """The paper's Eqs. 1-3, written out with plain functional ops (eval-mode BN)."""
+    w1, b1 = cbam.fc1.weight.flatten(1), cbam.fc1.bias
+    w2, b2 = cbam.fc2.weight.flatten(1), cbam.fc2.bias
+
+    def mlp(v):  # [N, C]
+        return torch.relu(v @ w1.t() + b1) @ w2.t() + b2
+
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    mc = torch.sigmoid(mlp(flat.mean(2)) + mlp(flat.max(2).values))
+    f1 = x * mc[:, :, None, None]
+    desc = torch.stack([f1.max(1).values, f1.mean(1)], dim=1)
+    k = cbam.kernel_size
+    s = F.conv2d(desc, cbam.spatial_conv.weight, cbam.spatial_conv.bias, padding=k // 2)
+    norm = cbam.spatial_norm
+    if isinstance(norm, torch.nn.BatchNorm2d):
+        s = (s - norm.running_mean) / (norm.running_var + norm.eps).sqrt() * norm.weight \
+            + norm.bias
+    return f1 * torch.sigmoid(s)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=0), ['in_channels', '0']),
+    (dict(in_channels=64.0), ['in_channels', '64.0']),
+    (dict(in_channels=False), ['in_channels', 'False']),
+    (dict(in_channels=64, rd_ratio=0), ['rd_ratio', '0']),
+    (dict(in_channels=64, rd_channels=-2), ['rd_channels', '-2']),
+    (dict(in_channels=64, kernel_size=6), ['kernel_size', '6', 'odd']),
+    (dict(in_channels=64, kernel_size=0), ['kernel_size', '0']),
+    (dict(in_channels=64, kernel_size=7.0), ['kernel_size', '7.0']),
+    (dict(in_channels=64, norm_cfg='BN'), ['norm_cfg', "'BN'"]),
+    (dict(in_channels=64, act_cfg=dict(inplace=True)), ['act_cfg', 'type']),
+])
+def test_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        CBAM(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_structure_and_param_count_at_2048():
+    cbam = CBAM(2048)
+    assert cbam.rd_channels == 128 and cbam.kernel_size == 7
+    assert cbam.fc1.bias is not None and cbam.fc2.bias is not None  # the authors' MLP
+    assert cbam.spatial_conv.bias is None  # conv then BN, no bias
+    assert isinstance(cbam.spatial_norm, torch.nn.BatchNorm2d)
+    assert cbam.spatial_norm.momentum == 0.01
+    n = sum(p.numel() for p in cbam.parameters())
+    assert n == (2 * 2048 * 128 + 128 + 2048) + 2 * 7 * 7 + 2 == 526564
+    no_norm = CBAM(2048, norm_cfg=None)
+    assert isinstance(no_norm.spatial_norm, torch.nn.Identity)
+    assert no_norm.spatial_conv.bias is not None
+
+
+@pytest.mark.parametrize('shape', [(1, 32, 1, 1), (1, 32, 7, 9), (2, 32, 16, 15), (3, 48, 5, 1)])
+def test_shape_preserved_and_matches_equations(shape, device):
+    cbam = _randomize(CBAM(shape[1])).to(device).eval()
+    x = torch.randn(shape, device=device)
+    out = cbam(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out, _reference_cbam(x, cbam), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel_size', [3, 7])
+def test_without_norm_matches_equations(kernel_size):
+    cbam = _randomize(CBAM(32, kernel_size=kernel_size, norm_cfg=None))
+    x = torch.randn(2, 32, 8, 11)
+    torch.testing.assert_close(cbam(x), _reference_cbam(x, cbam), rtol=1e-5, atol=1e-5)
+
+
+def test_init_spatial_gate_is_exactly_half():
+    cbam = CBAM(64)
+    assert torch.equal(cbam.spatial_norm.weight, torch.zeros(1))
+    assert torch.equal(cbam.fc1.bias, torch.zeros_like(cbam.fc1.bias))
+    assert torch.equal(cbam.fc2.bias, torch.zeros_like(cbam.fc2.bias))
+    x = torch.randn(2, 64, 6, 7)
+    # Channel gate as written in the paper, then the spatial gate must be exactly 0.5.
+    w1, w2 = cbam.fc1.weight.flatten(1), cbam.fc2.weight.flatten(1)
+    flat = x.flatten(2)
+    mc = torch.sigmoid(torch.relu(flat.mean(2) @ w1.t()) @ w2.t()
+                       + torch.relu(flat.amax(2) @ w1.t()) @ w2.t())
+    for mode in (True, False):  # BN weight 0: both batch and running stats give 0
+        cbam.train(mode)
+        torch.testing.assert_close(cbam(x), 0.5 * x * mc[:, :, None, None])
+    assert 0.3 < mc.mean().item() < 0.7
+
+
+def test_gradients_reach_every_parameter(device):
+    cbam = _randomize(CBAM(64)).to(device)
+    x = torch.randn(2, 64, 9, 7, device=device, requires_grad=True)
+    assert_grads_reach_every_parameter(cbam, x)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('hw', [(1, 1), (14, 15)])
+def test_low_precision_autocast_is_finite(dtype, hw, device):
+    cbam = _randomize(CBAM(128)).to(device).eval()
+    with torch.no_grad():
+        cbam.fc1.weight.mul_(0.1)
+    conv = torch.nn.Conv2d(128, 128, 1).to(device)
+    x = torch.randn(2, 128, *hw, device=device) * 30
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        y = conv(x)
+        out = cbam(y)
+    assert out.dtype == y.dtype == dtype
+    assert torch.isfinite(out).all()
+    # Two sigmoid gates in sequence compound bf16's 8-bit mantissa: compare to the scale.
+    ref = cbam(y.float())
+    err = (out.float() - ref).abs()
+    assert err.max() <= 0.05 * ref.abs().max() and err.mean() <= 0.02 * ref.abs().mean()
+
+
+def test_global_max_pool_is_a_reduction_and_exports():
+    cbam = _randomize(CBAM(32)).eval()
+    assert not any(isinstance(m, (torch.nn.AdaptiveMaxPool2d, torch.nn.MaxPool2d))
+                   for m in cbam.modules())
+    x = torch.randn(2, 32, 7, 9)
+    exported = torch.export.export(cbam, (x,))
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
+    assert not any('max_pool' in op for op in ops), ops
+    assert any('amax' in op for op in ops), ops
+    torch.testing.assert_close(exported.module()(x), cbam(x))
+    # The same program runs at another size (no size baked in by pooling).
+    other = torch.randn(1, 32, 5, 12)
+    torch.testing.assert_close(torch.export.export(cbam, (other,)).module()(other), cbam(other))
+
+
+def test_onnx_export():
+    pytest.importorskip('onnx')
+    import io
+    cbam = _randomize(CBAM(32)).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(cbam, (torch.randn(1, 32, 7, 9),), buf, dynamo=False,
+                      input_names=['x'], dynamic_axes={'x': {2: 'h', 3: 'w'}})
+    import onnx
+    model = onnx.load_from_string(buf.getvalue())
+    op_types = {node.op_type for node in model.graph.node}
+    assert 'ReduceMax' in op_types and not op_types & {'MaxPool', 'GlobalMaxPool'}, op_types
+
+
+def test_parity_with_fightingcv_attention():
+    fcv = pytest.importorskip('fightingcv_attention.attention.CBAM')
+    ours = _randomize(CBAM(128, norm_cfg=None), seed=5)
+    peer = fcv.CBAMBlock(channel=128, reduction=16, kernel_size=7)
+    x = torch.randn(3, 128, 9, 10)
+    with torch.no_grad():
+        torch.nn.init.zeros_(ours.fc1.bias)  # the peer's MLP has no bias
+        torch.nn.init.zeros_(ours.fc2.bias)
+        peer.ca.se[0].weight.copy_(ours.fc1.weight)
+        peer.ca.se[2].weight.copy_(ours.fc2.weight)
+        peer.sa.conv.weight.copy_(ours.spatial_conv.weight)
+        peer.sa.conv.bias.copy_(ours.spatial_conv.bias)
+    # The documented difference: the peer adds the input back (a residual).
+    diff = (ours(x) - (peer(x) - x)).abs().max().item()
+    assert diff < 1e-5, diff
+
+
+def test_documented_differences_from_fightingcv_attention():
+    fcv = pytest.importorskip('fightingcv_attention.attention.CBAM')
+    peer = fcv.CBAMBlock(channel=128, reduction=16)
+    assert peer.sa.conv.kernel_size == (49, 49)  # paper: 7
+    assert peer.ca.se[0].bias is None and peer.ca.se[2].bias is None  # authors: bias
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in peer.modules())
+    assert any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in peer.modules())
+    ours = CBAM(128)
+    assert ours.kernel_size == 7 and isinstance(ours.spatial_norm, torch.nn.BatchNorm2d)
+    # Ours has no residual: a zero spatial gate input would give exactly 0.5 * M_c * x,
+    # the peer's output is that plus x.
+    with torch.no_grad():
+        torch.nn.init.zeros_(peer.sa.conv.weight)
+        torch.nn.init.zeros_(peer.sa.conv.bias)
+        for i in (0, 2):
+            peer.ca.se[i].weight.copy_(getattr(ours, f'fc{i // 2 + 1}').weight)
+    x = torch.randn(2, 128, 5, 6)
+    torch.testing.assert_close(peer(x) - x, ours(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    name, layer = build_plugin_in_scope(dict(type='CBAM', kernel_size=3), scope,
+                                        in_channels=256)
+    assert isinstance(layer, CBAM) and name == 'cbam_1' and layer.kernel_size == 3
+
+
+def test_inside_mmdet_resnet_with_config_plugins():
+    plugins = [dict(cfg=dict(type='CBAM'), stages=(False, True, True, True),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3), norm_eval=True)
+    model.train()  # norm_eval: the plugins' BNs go to eval mode too
+    cbams = {n: m for n, m in model.named_modules() if isinstance(m, CBAM)}
+    assert len(cbams) == 4 + 6 + 3 and 'layer2.0.cbam' in cbams and 'layer1.0.cbam' not in cbams
+    assert {m.in_channels for m in cbams.values()} == {512, 1024, 2048}
+    assert not any(m.spatial_norm.training for m in cbams.values())
+    calls = []
+    for m in cbams.values():
+        m.register_forward_hook(lambda *a: calls.append(1))
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+    assert len(calls) == 13
+
+
+def test_init_weights_survive_backbone_init():
+    plugins = [dict(cfg=dict(type='CBAM'), stages=(True, False, False, False),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, init_cfg=HOST_INIT_CFG)
+    cbams = [m for m in model.modules() if isinstance(m, CBAM)]
+    for m in cbams:
+        _randomize(m)
+    model.init_weights()
+    for m in cbams:
+        assert torch.equal(m.spatial_norm.weight, torch.zeros(1))  # host set BNs to 0.5
+        assert torch.equal(m.spatial_norm.bias, torch.zeros(1))
+        for fc in (m.fc1, m.fc2):
+            assert torch.equal(fc.bias, torch.zeros_like(fc.bias))
+            # PyTorch's default init is bounded by 1/sqrt(fan_in); the host's Kaiming
+            # normal (fan-out) is not.
+            assert fc.weight.abs().max() <= fc.weight[0].numel() ** -0.5
+    assert torch.all(model.bn1.weight == 0.5)  # the host's init did run
+
+
+def test_two_plugins_at_one_position_both_applied():
+    plugins = [
+        dict(cfg=dict(type='CBAM', postfix='_a'), stages=(False, False, False, True),
+             position='after_conv3'),
+        dict(cfg=dict(type='CBAM', kernel_size=3, postfix='_b'),
+             stages=(False, False, False, True), position='after_conv3'),
+    ]
+    model = _mmdet_resnet(plugins)
+    model.eval()
+    block = model.layer4[0]
+    assert block.after_conv3_plugin_names == ['cbam_a', 'cbam_b']
+    calls = []
+    block.cbam_a.register_forward_hook(lambda *a: calls.append('a'))
+    block.cbam_b.register_forward_hook(lambda *a: calls.append('b'))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == ['a', 'b']

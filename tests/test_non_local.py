@@ -1,0 +1,284 @@
+"""NonLocal: contract, O(HW) memory, OpenMMLab integration and parity with mmcv's NonLocal2d."""
+import pytest
+import torch
+import torch.nn.functional as F
+from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_plugin_in_scope,
+                      mmseg_resnet, randomize_)
+from _harness import mmdet_resnet as _mmdet_resnet
+
+from mmplug.plugins.non_local import NonLocal
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _reference_non_local(x, nl):
+    """The paper's equations with the attention matrix written out (ceil-mode sub-sampling)."""
+    n, c, h, w = x.shape
+    theta = nl.theta(x).flatten(2)  # [N, C', HW]
+    phi, g = nl.phi(x), nl.g(x)
+    if nl.sub_sample:
+        phi = F.max_pool2d(phi, 2, ceil_mode=True)
+        g = F.max_pool2d(g, 2, ceil_mode=True)
+    logits = theta.transpose(1, 2) @ phi.flatten(2)  # [N, HW, L]
+    if nl.use_scale:
+        logits = logits / nl.inter_channels**0.5
+    y = logits.softmax(dim=-1) @ g.flatten(2).transpose(1, 2)  # [N, HW, C']
+    return x + nl.conv_out(y.transpose(1, 2).reshape(n, -1, h, w))
+
+
+def _saved_bytes(module, x):
+    """Bytes autograd keeps for backward of ``module(x)`` (distinct storages)."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[(s.data_ptr(), s.device)] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    return sum(storages.values()), out
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=0), ['in_channels', '0']),
+    (dict(in_channels=64.0), ['in_channels', '64.0']),
+    (dict(in_channels=True), ['in_channels', 'True']),
+    (dict(in_channels=64, use_scale=1), ['use_scale', '1']),
+    (dict(in_channels=64, sub_sample='yes'), ['sub_sample', 'yes']),
+    (dict(in_channels=64, rd_ratio=0), ['rd_ratio', '0']),
+    (dict(in_channels=64, rd_channels=0), ['rd_channels', '0']),
+    (dict(in_channels=64, norm_cfg='BN'), ['norm_cfg', 'BN']),
+])
+def test_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        NonLocal(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_inner_width_follows_mmcv_reduction():
+    assert NonLocal(64).inter_channels == 32
+    assert NonLocal(7).inter_channels == 3  # max(C // 2, 1) as mmcv
+    assert NonLocal(1).inter_channels == 1
+    assert NonLocal(64, rd_channels=16).inter_channels == 16
+    assert NonLocal(64, rd_ratio=0.25).inter_channels == 16
+
+
+@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
+def test_identity_at_init(norm_cfg):
+    nl = NonLocal(32, norm_cfg=norm_cfg)
+    x = torch.randn(2, 32, 9, 7)
+    assert torch.equal(nl(x), x)
+    assert nl.theta.conv.weight.std() < 0.02 and torch.all(nl.theta.conv.bias == 0)
+
+
+@pytest.mark.parametrize('sub_sample', [False, True])
+@pytest.mark.parametrize('shape', [(1, 32, 1, 1), (1, 32, 7, 9), (2, 32, 16, 15), (3, 16, 5, 1)])
+def test_shape_preserved_and_matches_equations(shape, sub_sample, device):
+    nl = randomize_(NonLocal(shape[1], sub_sample=sub_sample), scale=0.3).to(device)
+    x = torch.randn(shape, device=device)
+    out = nl(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out, _reference_non_local(x, nl), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
+def test_gradients_reach_every_parameter(norm_cfg, device):
+    nl = randomize_(NonLocal(32, sub_sample=True, norm_cfg=norm_cfg), scale=0.3).to(device)
+    x = torch.randn(2, 32, 9, 8, device=device, requires_grad=True)
+    assert_grads_reach_every_parameter(nl, x)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('hw', [(1, 1), (14, 13)])
+def test_low_precision_autocast_is_finite(dtype, hw, device):
+    # Large activations (x 30), attention logits of a few units: bf16 keeps 8 bits, so much
+    # sharper logits would turn rounding into a different softmax, not a precision bug.
+    nl = randomize_(NonLocal(64, sub_sample=True), scale=0.05).to(device)
+    conv = torch.nn.Conv2d(64, 64, 1).to(device)
+    x = torch.randn(2, 64, *hw, device=device) * 30
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        y = conv(x)
+        out = nl(y)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    ref = nl(y.float())
+    torch.testing.assert_close(out.float(), ref, rtol=5e-2, atol=5e-2 * ref.abs().max().item())
+
+
+def _mmcv_pair(use_scale, sub_sample, norm_cfg, channels=32, seed=0):
+    from mmcv.cnn import NonLocal2d
+    ours = randomize_(NonLocal(channels, use_scale=use_scale, sub_sample=sub_sample,
+                               norm_cfg=norm_cfg), seed=seed, scale=0.3)
+    peer = NonLocal2d(channels, reduction=2, use_scale=use_scale, sub_sample=sub_sample,
+                      conv_cfg=dict(type='Conv2d'), norm_cfg=norm_cfg, mode='embedded_gaussian')
+    # mmcv nests g/phi in a Sequential(conv, pool) when it sub-samples.
+    state = {(k.replace('g.conv', 'g.0.conv').replace('phi.conv', 'phi.0.conv')
+              if sub_sample else k): v
+             for k, v in ours.state_dict().items()}
+    peer.load_state_dict(state, strict=True)
+    return ours, peer
+
+
+@pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])
+@pytest.mark.parametrize('sub_sample', [False, True])
+@pytest.mark.parametrize('use_scale', [True, False])
+def test_parity_with_mmcv_non_local_2d(use_scale, sub_sample, norm_cfg):
+    ours, peer = _mmcv_pair(use_scale, sub_sample, norm_cfg)
+    x = torch.randn(2, 32, 12, 10)  # even H, W: both pool the same windows
+    for train in (True, False):
+        ours.train(train)
+        peer.train(train)
+        diff = (ours(x) - peer(x)).abs().max().item()
+        assert diff < 1e-4, (train, diff)
+
+
+def test_mmcv_checkpoint_loads_and_both_start_as_identity():
+    from mmcv.cnn import NonLocal2d
+    peer = NonLocal2d(32)
+    ours = NonLocal(32)
+    assert {k: v.shape for k, v in peer.state_dict().items()} == \
+        {k: v.shape for k, v in ours.state_dict().items()}
+    x = torch.randn(1, 32, 6, 6)
+    assert torch.equal(peer(x), x) and torch.equal(ours(x), x)
+    randomize_(peer, scale=0.3)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    torch.testing.assert_close(ours(x), peer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_odd_size_sub_sample_keeps_border_where_mmcv_drops_it():
+    # The documented difference: ceil-mode pooling keeps the last row/column as keys.
+    ours, peer = _mmcv_pair(True, True, None)
+    x = torch.randn(2, 32, 7, 9)
+    out = ours(x)
+    torch.testing.assert_close(out, _reference_non_local(x, ours), rtol=1e-4, atol=1e-4)
+    assert (out - peer(x)).abs().max() > 1e-3
+    # mmcv's floor-mode pool cannot take a map with a side of 1; ours can.
+    with pytest.raises(RuntimeError):
+        peer(torch.randn(1, 32, 1, 6))
+    assert ours(torch.randn(1, 32, 1, 6)).shape == (1, 32, 1, 6)
+
+
+def test_memory_kept_for_backward_is_linear_in_hw():
+    from mmcv.cnn import NonLocal2d
+    ours = randomize_(NonLocal(16), scale=0.3)
+    peer = NonLocal2d(16)
+    peer.load_state_dict(ours.state_dict())
+    ours_bytes, peer_bytes = {}, {}
+    for side in (32, 64):
+        x = torch.randn(1, 16, side, side, requires_grad=True)
+        ours_bytes[side], out = _saved_bytes(ours, x)
+        peer_bytes[side], ref = _saved_bytes(peer, x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    hw = 64 * 64
+    # A handful of [HW, C] maps, never an [HW, HW] matrix (64 MiB here).
+    assert ours_bytes[64] < 16 * hw * 16 * 4, ours_bytes
+    assert ours_bytes[64] < 5 * ours_bytes[32], ours_bytes  # x4 positions -> ~x4 bytes
+    assert peer_bytes[64] > hw * hw * 4 > 10 * ours_bytes[64], peer_bytes  # mmcv keeps it
+
+
+def test_backward_matches_explicit_attention():
+    # float64 (the CPU flash kernel runs it too): the recomputing backward equals autograd
+    # through the explicit matrix to rounding. phi's bias has an exactly-zero gradient
+    # (it shifts every logit of a row alike), so compare against the largest gradient.
+    nl = randomize_(NonLocal(16, sub_sample=True), scale=0.3).double()
+    x = torch.randn(2, 16, 10, 11, dtype=torch.float64, requires_grad=True)
+    nl(x).square().sum().backward()
+    grads = [p.grad.clone() for p in nl.parameters()] + [x.grad.clone()]
+    nl.zero_grad()
+    x.grad = None
+    _reference_non_local(x, nl).square().sum().backward()
+    wants = [p.grad for p in nl.parameters()] + [x.grad]
+    scale = max(w.abs().max().item() for w in wants)
+    for got, want in zip(grads, wants):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    name, layer = build_plugin_in_scope(dict(type='NonLocal', sub_sample=True), scope,
+                                        in_channels=64)
+    assert isinstance(layer, NonLocal) and name == 'nonlocal_block_1'
+    assert layer.in_channels == 64 and layer.sub_sample
+
+
+def test_inside_mmdet_resnet_is_identity_at_init():
+    plugins = [dict(cfg=dict(type='NonLocal'), stages=(False, False, True, False),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, depth=50, out_indices=(0, 1, 2, 3))
+    plain = _mmdet_resnet(None, depth=50, out_indices=(0, 1, 2, 3))
+    model.init_weights()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    model.eval()
+    plain.eval()
+    nls = {n: m for n, m in model.named_modules() if isinstance(m, NonLocal)}
+    assert len(nls) == 6 and {m.in_channels for m in nls.values()} == {1024}
+    assert 'layer3.0.nonlocal_block' in nls
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), plain(x)):
+            assert torch.equal(a, b)
+
+
+def test_swapping_mmcv_type_in_a_backbone_keeps_checkpoint_and_outputs():
+    def backbone(type_name):
+        plugins = [dict(cfg=dict(type=type_name), stages=(False, False, False, True),
+                        position='after_conv3')]
+        model = _mmdet_resnet(plugins, depth=50)
+        model.eval()  # mmdet's ResNet.train() returns None: no chaining
+        return model
+
+    theirs, ours = backbone('NonLocal2d'), backbone('NonLocal')
+    for m in theirs.modules():
+        if type(m).__name__ == 'NonLocal2d':
+            randomize_(m, scale=0.05)
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # same keys, same shapes
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        diff = max((a - b).abs().max().item() for a, b in zip(ours(x), theirs(x)))
+    assert diff < 1e-4, diff
+
+
+def test_inside_mmseg_resnet():
+    plugins = [dict(cfg=dict(type='NonLocal', sub_sample=True), stages=(False, False, False, True),
+                    position='after_conv3')]
+    model = mmseg_resnet(plugins, depth=50)
+    model.eval()
+    outs = model(torch.randn(1, 3, 64, 48))
+    assert outs[-1].shape == (1, 2048, 2, 2)
+    assert sum(isinstance(m, NonLocal) for m in model.modules()) == 3
+
+
+def test_init_weights_survive_backbone_init():
+    plugins = [dict(cfg=dict(type='NonLocal'), stages=(False, False, False, True),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, init_cfg=HOST_INIT_CFG)
+    nls = [m for m in model.modules() if isinstance(m, NonLocal)]
+    for m in nls:
+        randomize_(m)
+    model.init_weights()
+    for m in nls:
+        assert torch.all(m.conv_out.conv.weight == 0) and torch.all(m.conv_out.conv.bias == 0)
+        assert m.theta.conv.weight.std() < 0.02  # N(0, 0.01^2), not the host's Kaiming
+    assert torch.all(model.bn1.weight == 0.5)  # the host's init did run
+
+
+def test_two_plugins_at_one_position_both_applied():
+    plugins = [
+        dict(cfg=dict(type='NonLocal', postfix='_a'), stages=(False, False, False, True),
+             position='after_conv3'),
+        dict(cfg=dict(type='NonLocal', sub_sample=True, postfix='_b'),
+             stages=(False, False, False, True), position='after_conv3'),
+    ]
+    model = _mmdet_resnet(plugins)
+    model.eval()
+    block = model.layer4[0]
+    assert block.after_conv3_plugin_names == ['nonlocal_block_a', 'nonlocal_block_b']
+    calls = []
+    block.nonlocal_block_a.register_forward_hook(lambda *a: calls.append('a'))
+    block.nonlocal_block_b.register_forward_hook(lambda *a: calls.append('b'))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == ['a', 'b']

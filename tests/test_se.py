@@ -1,0 +1,260 @@
+"""SE: contract, numerics, OpenMMLab integration and parity with fightingcv-attention,
+mmdet's and mmseg's SELayer."""
+import pytest
+import torch
+from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_plugin_in_scope,
+                      randomize_)
+from _harness import mmdet_resnet as _mmdet_resnet
+from _harness import mmseg_resnet as _mmseg_resnet
+
+from mmplug.plugins.se import SE
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test draws its inputs from a fixed seed, whatever runs before it."""
+    torch.manual_seed(0)
+
+
+def _reference_se(x, w1, b1, w2, b2, gate=torch.sigmoid):
+    """The paper's Eqs. 2-4 written out with matrices."""
+    z = x.mean(dim=(2, 3))  # [N, C]
+    s = gate(torch.relu(z @ w1.t() + b1) @ w2.t() + b2)
+    return x * s[:, :, None, None]
+
+
+def _fc(conv):
+    return conv.weight.flatten(1), conv.bias
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=0), ['in_channels', '0']),
+    (dict(in_channels=64.0), ['in_channels', '64.0']),
+    (dict(in_channels=True), ['in_channels', 'True']),
+    (dict(in_channels=64, rd_ratio=0), ['rd_ratio', '0']),
+    (dict(in_channels=64, rd_ratio=1.5), ['rd_ratio', '1.5']),
+    (dict(in_channels=64, rd_channels=0), ['rd_channels', '0']),
+    (dict(in_channels=64, rd_divisor=0), ['rd_divisor', '0']),
+    (dict(in_channels=64, act_cfg='ReLU'), ['act_cfg', "'ReLU'"]),
+    (dict(in_channels=64, gate_cfg=None), ['gate_cfg', 'None']),
+    (dict(in_channels=64, gate_cfg=dict(bias=3.0)), ['gate_cfg', 'type']),
+])
+def test_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        SE(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize('kwargs, hidden', [
+    (dict(in_channels=2048), 128),
+    (dict(in_channels=64), 4),
+    (dict(in_channels=8), 1),  # never below 1
+    (dict(in_channels=64, rd_ratio=0.25), 16),
+    (dict(in_channels=64, rd_channels=10), 10),
+    (dict(in_channels=200, rd_divisor=8), 16),  # 12.5 rounded to a multiple of 8
+])
+def test_hidden_width(kwargs, hidden):
+    se = SE(**kwargs)
+    assert se.rd_channels == hidden and se.fc1.out_channels == hidden == se.fc2.in_channels
+
+
+def test_param_count_at_2048():
+    # 2 * C * C/16 weights + C/16 + C biases.
+    n = sum(p.numel() for p in SE(2048).parameters())
+    assert n == 2 * 2048 * 128 + 128 + 2048 == 526464
+
+
+@pytest.mark.parametrize('shape', [(1, 32, 1, 1), (1, 32, 7, 9), (2, 32, 16, 15), (3, 48, 5, 1)])
+def test_shape_preserved_and_matches_equations(shape, device):
+    se = randomize_(SE(shape[1])).to(device)
+    x = torch.randn(shape, device=device)
+    out = se(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    ref = _reference_se(x, *_fc(se.fc1), *_fc(se.fc2))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_is_half_for_zero_mean_channels():
+    se = SE(64)
+    a = torch.randn(2, 64, 6, 3)
+    x = torch.cat([a, -a], dim=3)  # every channel's spatial mean is 0
+    torch.testing.assert_close(se(x), 0.5 * x, rtol=0, atol=1e-6)
+
+
+def test_gate_at_init_is_centred_on_half_with_documented_spread():
+    # He init and zero biases: logit ~ symmetric, variance 2 * mean(z^2) over the weights.
+    # 100 inits at C = 1024: the ratio below stays within 2 % of 1 over seeds.
+    z = torch.randn(1, 1024, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.2
+    logits = []
+    with torch.no_grad():
+        for seed in range(100):
+            torch.manual_seed(seed)
+            se = SE(1024)
+            logits.append(se.fc2(se.act(se.fc1(z))).flatten())
+    logits = torch.cat(logits)
+    expected_std = (2 * z.square().mean()).sqrt()
+    assert abs(logits.std() / expected_std - 1) < 0.08, (logits.std(), expected_std)
+    assert abs(torch.sigmoid(logits).mean().item() - 0.5) < 0.01
+
+
+def test_gradients_reach_every_parameter(device):
+    se = randomize_(SE(64)).to(device)
+    x = torch.randn(2, 64, 9, 7, device=device, requires_grad=True)
+    assert_grads_reach_every_parameter(se, x)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('hw', [(1, 1), (14, 15)])
+def test_low_precision_autocast_is_finite(dtype, hw, device):
+    se = randomize_(SE(128), scale=0.1).to(device)
+    conv = torch.nn.Conv2d(128, 128, 1).to(device)
+    x = torch.randn(2, 128, *hw, device=device) * 30
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        y = conv(x)
+        out = se(y)
+    assert out.dtype == y.dtype == dtype
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), se(y.float()), rtol=2e-2, atol=0.1)
+
+
+def test_hsigmoid_gate_option():
+    se = randomize_(SE(64, gate_cfg=dict(type='HSigmoid', bias=3.0, divisor=6.0)))
+    x = torch.randn(2, 64, 5, 5)
+    ref = _reference_se(x, *_fc(se.fc1), *_fc(se.fc2),
+                        gate=lambda t: ((t + 3.0) / 6.0).clamp(0, 1))
+    torch.testing.assert_close(se(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_default_configs_are_not_shared_or_mutated():
+    act = dict(type='ReLU')
+    SE(32, act_cfg=act)
+    assert act == dict(type='ReLU')
+    a, b = SE(32), SE(32)
+    assert a.act is not b.act and a.gate is not b.gate
+
+
+def test_parity_with_fightingcv_attention():
+    fcv = pytest.importorskip('fightingcv_attention.attention.SEAttention')
+    ours = randomize_(SE(128), seed=1)
+    peer = fcv.SEAttention(channel=128, reduction=16)
+    fc1, fc2 = [m for m in peer.modules() if isinstance(m, torch.nn.Linear)]
+    # The documented difference: the peer's FC layers have no bias.
+    assert fc1.bias is None and fc2.bias is None
+    x = torch.randn(4, 128, 9, 11)
+    assert (ours(x) - peer(x)).abs().max() > 1e-3  # biases matter
+    with torch.no_grad():
+        torch.nn.init.zeros_(ours.fc1.bias)
+        torch.nn.init.zeros_(ours.fc2.bias)
+        fc1.weight.copy_(ours.fc1.weight.flatten(1))
+        fc2.weight.copy_(ours.fc2.weight.flatten(1))
+    diff = (ours(x) - peer(x)).abs().max().item()
+    # Linear vs 1x1 conv: a different float32 summation order (measured up to 1.0e-6).
+    assert diff < 1e-5, diff
+
+
+def test_parity_with_mmdet_selayer():
+    from mmdet.models.layers import SELayer
+    ours = randomize_(SE(96), seed=2)  # default config = mmdet's: ReLU, Sigmoid, int(C/16)
+    peer = SELayer(96, ratio=16)
+    with torch.no_grad():
+        for src, dst in ((ours.fc1, peer.conv1.conv), (ours.fc2, peer.conv2.conv)):
+            assert dst.weight.shape == src.weight.shape and dst.bias is not None
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    x = torch.randn(3, 96, 10, 7)
+    diff = (ours(x) - peer(x)).abs().max().item()
+    assert diff < 1e-6, diff
+
+
+def test_parity_with_mmseg_selayer():
+    from mmseg.models.utils import SELayer
+    ours = randomize_(SE(256, rd_divisor=8,
+                         gate_cfg=dict(type='HSigmoid', bias=3.0, divisor=6.0)), seed=3)
+    peer = SELayer(256, ratio=16)  # its default gate is HSigmoid(bias=3, divisor=6)
+    with torch.no_grad():
+        for src, dst in ((ours.fc1, peer.conv1.conv), (ours.fc2, peer.conv2.conv)):
+            assert dst.weight.shape == src.weight.shape and dst.bias is not None
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    x = torch.randn(3, 256, 6, 5)
+    diff = (ours(x) - peer(x)).abs().max().item()
+    assert diff < 1e-6, diff
+    # The documented width difference: mmseg bumps a rounding that loses > 10 %.
+    assert SELayer(176, ratio=16).conv1.conv.out_channels == 16
+    assert SE(176, rd_divisor=8).rd_channels == 8
+    assert SE(176, rd_channels=16).rd_channels == 16
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    name, layer = build_plugin_in_scope(dict(type='SE', rd_ratio=0.25), scope, in_channels=256)
+    assert isinstance(layer, SE) and name == 'se_1' and layer.rd_channels == 64
+
+
+def test_inside_mmdet_resnet_with_config_plugins():
+    plugins = [dict(cfg=dict(type='SE'), stages=(False, True, True, True), position='after_conv3')]
+    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3))
+    model.eval()
+    ses = {n: m for n, m in model.named_modules() if isinstance(m, SE)}
+    assert len(ses) == 4 + 6 + 3 and 'layer2.0.se' in ses and 'layer1.0.se' not in ses
+    assert {m.in_channels for m in ses.values()} == {512, 1024, 2048}
+    calls = []
+    for m in ses.values():
+        m.register_forward_hook(lambda *a: calls.append(1))
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+    assert len(calls) == 13
+
+
+def test_inside_mmseg_resnet_after_conv2():
+    plugins = [dict(cfg=dict(type='SE'), stages=(False, False, False, True),
+                    position='after_conv2')]
+    model = _mmseg_resnet(plugins)
+    model.eval()
+    ses = [m for m in model.modules() if isinstance(m, SE)]
+    assert len(ses) == 3 and {m.in_channels for m in ses} == {512}
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert outs[-1].shape[1] == 2048
+
+
+def test_init_weights_survive_backbone_init():
+    plugins = [dict(cfg=dict(type='SE'), stages=(True, False, False, False),
+                    position='after_conv3')]
+    model = _mmdet_resnet(plugins, init_cfg=HOST_INIT_CFG)
+    ses = [m for m in model.modules() if isinstance(m, SE)]
+    for m in ses:
+        randomize_(m, scale=3.0)
+    model.init_weights()
+    for m in ses:
+        # He fan-in: std sqrt(2/256) for fc1 and sqrt(2/16) for fc2; the host's Kaiming
+        # is fan-out, which would give them the other way round.
+        for fc, fan_in in ((m.fc1, 256), (m.fc2, 16)):
+            assert torch.equal(fc.bias, torch.zeros_like(fc.bias))
+            assert abs(fc.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.1
+    assert torch.all(model.bn1.weight == 0.5)  # the host's init did run
+
+
+def test_two_plugins_at_one_position_both_applied():
+    plugins = [
+        dict(cfg=dict(type='SE', postfix='_a'), stages=(False, False, False, True),
+             position='after_conv3'),
+        dict(cfg=dict(type='SE', rd_ratio=0.25, postfix='_b'), stages=(False, False, False, True),
+             position='after_conv3'),
+    ]
+    model = _mmdet_resnet(plugins)
+    model.eval()
+    block = model.layer4[0]
+    assert block.after_conv3_plugin_names == ['se_a', 'se_b']
+    calls = []
+    block.se_a.register_forward_hook(lambda *a: calls.append('a'))
+    block.se_b.register_forward_hook(lambda *a: calls.append('b'))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls == ['a', 'b']
+
+
+def test_export_traces_without_data_dependent_control_flow():
+    se = randomize_(SE(32)).eval()
+    x = torch.randn(2, 32, 7, 9)
+    exported = torch.export.export(se, (x,))
+    torch.testing.assert_close(exported.module()(x), se(x))
