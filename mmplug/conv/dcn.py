@@ -1,0 +1,114 @@
+"""Modulated deformable conv (DCNv2) whose modulation starts at 1.
+
+Zhu, Hu, Lin, Dai. "Deformable ConvNets v2: More Deformable, Better Results",
+CVPR 2019. https://arxiv.org/abs/1811.11168
+
+DCNv2 samples the input at ``p + p_k + dp_k`` and weights each sample by a
+modulation scalar ``dm_k`` in [0, 1] (paper Eq. 3), from a sigmoid; a
+zero-initialised conv on the input predicts the offsets ``dp_k`` and the
+modulation logits, so with a plain sigmoid the modulation starts at
+``sigmoid(0) = 0.5``.
+
+mmcv's ``ModulatedDeformConv2dPack`` (registered as ``DCNv2``) does exactly
+that: ``mask = sigmoid(logit)`` = 0.5 at init, so swapping it into a
+*pretrained* backbone (mmdet's ``dcn=dict(type='DCNv2', ...)``) halves the
+output of every replaced conv at step 0. This class changes only the
+modulation to ``mask = 2 * sigmoid(logit)``: 1 at init (the zero-initialised
+offset conv), so the layer equals the plain conv with the same weights and a
+pretrained network is undisturbed; the range is (0, 2) instead of (0, 1).
+
+Why ``2 * sigmoid`` and not a bias init: ``sigmoid(b) = 1`` has no finite
+solution; a large bias (``b = 5`` gives 0.993) is still not the plain conv and
+saturates the sigmoid, where its gradient (``s (1 - s)`` = 0.007) nearly
+stops the modulation from learning. ``2 * sigmoid(0)`` is exactly 1 at the
+sigmoid's steepest point (gradient 0.5). The authors' DCNv2 operator example
+(msracver/Deformable-ConvNets, ``DCNv2_op/example_symbol.py``) also uses
+``mask = 2 * sigmoid(logit)`` with a zero-initialised offset conv.
+
+Runs wherever mmcv's ``modulated_deform_conv`` op runs: CPU with any mmcv
+built with ops (slow, for tests), CUDA when mmcv is built with CUDA
+(``FORCE_CUDA=1 MMCV_WITH_OPS=1 pip install mmcv==2.1.0``, or a prebuilt
+``mmcv`` wheel for your torch/CUDA): the same class, no code path differs.
+"""
+import torch
+from mmcv.ops import ModulatedDeformConv2dPack, modulated_deform_conv2d
+
+from mmplug.registry import MODELS
+from mmplug.utils.validation import check_int, check_int_pair
+
+
+@MODELS.register_module()
+class DCNv2UnitMask(ModulatedDeformConv2dPack):
+    """DCNv2 with modulation ``2 * sigmoid``: the plain conv at init.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int | tuple[int, int]): Kernel size.
+        stride (int | tuple[int, int]): Stride. Defaults to 1.
+        padding (int | tuple[int, int]): Zero padding. Defaults to 0.
+        dilation (int | tuple[int, int]): Dilation. Defaults to 1.
+        groups (int): Conv groups. Defaults to 1.
+        deform_groups (int): Offset/mask groups over the input channels.
+            Defaults to 1.
+        bias (bool): Conv bias. Defaults to True.
+
+    Note:
+        Build it with ``dcn=dict(type='DCNv2UnitMask', deform_groups=1,
+        fallback_on_stride=False)`` and ``stage_with_dcn=(False, True, True,
+        True)`` in mmdet/mmseg ``ResNet`` (it replaces ``conv2`` of those
+        stages' bottlenecks), or ``conv_cfg=dict(type='DCNv2UnitMask')`` in a
+        ``ConvModule``. At init the offsets are 0 and the mask 1: the output
+        equals ``F.conv2d`` with the layer's ``weight``/``bias``, so copying a
+        pretrained conv's weights keeps its function. The state dict has the
+        keys of mmcv's ``DCNv2`` (``weight``, ``bias``, ``conv_offset.*``), so
+        DCNv2 checkpoints load; their mask logits then act twice as strongly.
+        A subclass of mmcv's class (an ``nn.Module``, not mmengine's
+        ``BaseModule``): ``init_weights()`` is mmcv's, which also re-draws
+        ``weight`` uniformly, as mmcv's ``DCNv2`` does inside a host's init;
+        a ``Pretrained`` init of the whole model is applied after it.
+        Mixed precision: mmcv casts input, weight and mask to the offset's
+        dtype (the offset conv's output, low precision under autocast).
+        mmcv 2.1.0's CPU kernel takes float16 but raises NotImplementedError
+        for bfloat16; its CUDA kernel takes float16 (use fp16 AMP, not bf16,
+        unless your mmcv build dispatches bfloat16).
+
+    Example:
+        >>> import torch
+        >>> from mmplug.conv.dcn import DCNv2UnitMask
+        >>> dcn = DCNv2UnitMask(16, 32, 3, stride=2, padding=1, bias=False)
+        >>> dcn(torch.randn(1, 16, 9, 9)).shape
+        torch.Size([1, 32, 5, 5])
+    """
+
+    _abbr_ = 'dcn'
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, deform_groups=1, bias=True):
+        owner = type(self).__name__
+        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
+                            ('groups', groups), ('deform_groups', deform_groups)):
+            check_int(owner, name, value)
+        for name, value, minimum in (('kernel_size', kernel_size, 1), ('stride', stride, 1),
+                                     ('padding', padding, 0), ('dilation', dilation, 1)):
+            check_int_pair(owner, name, value, minimum)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
+                             f'({in_channels}) and out_channels ({out_channels})')
+        if in_channels % deform_groups:
+            raise ValueError(f'{owner}: deform_groups ({deform_groups}) must divide '
+                             f'in_channels ({in_channels})')
+        if not isinstance(bias, bool):
+            raise ValueError(f'{owner}: bias must be a bool, got {bias!r}')
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=padding, dilation=dilation, groups=groups,
+                         deform_groups=deform_groups, bias=bias)
+
+    def forward(self, x):
+        out = self.conv_offset(x)  # [N, 3*G*kh*kw, H', W']
+        o1, o2, logit = torch.chunk(out, 3, dim=1)
+        offset = torch.cat((o1, o2), dim=1)  # [N, 2*G*kh*kw, H', W']
+        mask = 2 * torch.sigmoid(logit)  # [N, G*kh*kw, H', W'], 1 at init
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride,
+                                       self.padding, self.dilation, self.groups,
+                                       self.deform_groups)
