@@ -1,0 +1,448 @@
+"""Plugins on any registered backbone, after any named submodule.
+
+mmdet's and mmseg's ``ResNet`` take plugins only inside ``Bottleneck`` blocks,
+chosen per stage and per position (``BasicBlock``, i.e. ResNet-18/34, asserts),
+and ``Darknet``, ``CSPDarknet`` and ``HRNet`` take none. ``PluggedBackbone``
+builds any registered backbone unchanged and runs plugins on the outputs of
+submodules chosen by name.
+
+How it works:
+
+* The inner backbone is the child ``backbone``; it is not modified, so its own
+  state-dict keys are exactly those of the plain backbone. The plugins live
+  apart, in ``plugins.<site>.<abbr><postfix>`` where ``<site>`` is the selected
+  submodule's name with ``.`` replaced by ``_`` (``plugins.layer2_0.sge``).
+* A forward hook on each selected submodule passes its output through the
+  plugins of that site, in the order they are listed. The hook is a small
+  picklable object, so ``copy.deepcopy`` (EMA models) and ``torch.save`` give
+  copies whose hooks run the copy's plugins. ``forward`` re-attaches the hook
+  if the selected submodule was replaced since (e.g. a norm layer converted to
+  SyncBN), and returns exactly what the inner backbone returns.
+* Each plugin's ``in_channels`` comes from one dry forward at construction: a
+  ``(1, *probe_shape)`` seeded random input (its own generator: the global RNG
+  is untouched) in eval mode under ``no_grad``, with forward hooks recording the
+  output of every selected submodule; every module's train/eval flag is
+  restored afterwards. The same recorded outputs check that each site's plugins
+  keep the shape.
+* Plugins are outside the inner backbone, so its ``frozen_stages`` and
+  ``norm_eval`` do not reach them: plugins after a frozen stage train from
+  their random init and their norm layers stay in train mode, unless
+  ``freeze_plugins`` / ``plugin_norm_eval`` ask otherwise.
+
+Not a paper's module; nothing deviates.
+"""
+import copy
+import difflib
+import fnmatch
+import inspect
+
+import torch
+from mmcv.cnn import build_plugin_layer
+from mmengine.model import BaseModule, ModuleDict, Sequential
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmplug.registry import MODELS
+
+__all__ = ['PluggedBackbone']
+
+_PLUGIN_KEYS = ('cfg', 'after')
+
+
+def _site_key(name):
+    """``'layer2.0'`` -> ``'layer2_0'``: a ModuleDict key may not hold dots."""
+    return name.replace('.', '_')
+
+
+def _matches(pattern, name):
+    """fnmatch per dotted component: ``*`` never crosses a dot."""
+    pattern_parts, name_parts = pattern.split('.'), name.split('.')
+    return len(pattern_parts) == len(name_parts) and all(
+        fnmatch.fnmatchcase(part, pat) for part, pat in zip(name_parts, pattern_parts))
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f'a {value.dim()}-D tensor of shape {tuple(value.shape)}'
+    if isinstance(value, (list, tuple)):
+        return f'a {type(value).__name__} of {len(value)} items'
+    return f'a {type(value).__name__}'
+
+
+def _children_hint(module, name):
+    # A ModuleList/ModuleDict is never called itself: point at its items.
+    children = [f'{name}.{child}' + ('.*' if isinstance(sub, (nn.ModuleList, nn.ModuleDict))
+                                     else '')
+                for child, sub in module.named_children()]
+    if not children:
+        return ''
+    shown = ', '.join(repr(c) for c in children[:8]) + (', ...' if len(children) > 8 else '')
+    return f'; select submodules inside it instead, e.g. among its children {shown}'
+
+
+def _no_match_message(pattern, names, backbone):
+    depth = pattern.count('.')
+    candidates = [n for n in names if n.count('.') == depth] or names
+    close = difflib.get_close_matches(pattern, candidates, n=6, cutoff=0.3)
+    top = [n for n, _ in backbone.named_children()]
+    return (f'PluggedBackbone: pattern {pattern!r} matches no submodule of '
+            f'{type(backbone).__name__}. Close names: {close}. Top-level submodules: {top}. '
+            f"A '*' matches within one dotted component ('layer2.*' selects the children "
+            f"of layer2, not their descendants).")
+
+
+def _plugin_class(layer_type):
+    if inspect.isclass(layer_type):
+        return layer_type
+    with MODELS.switch_scope_and_registry(None) as registry:
+        plugin_cls = registry.get(layer_type)
+        scope = registry.scope
+    if plugin_cls is None:
+        raise ValueError(
+            f'PluggedBackbone: plugin type {layer_type!r} is not registered in scope '
+            f"{scope!r} or its parents; import the package that registers it "
+            f"(custom_imports=dict(imports=['mmplug']) in a config)")
+    return plugin_cls
+
+
+def _build_backbone(cfg):
+    layer_type = cfg['type']
+    if isinstance(layer_type, str):
+        with MODELS.switch_scope_and_registry(None) as registry:
+            found = registry.get(layer_type) is not None
+            scope = registry.scope
+        if not found:
+            raise ValueError(
+                f'PluggedBackbone: backbone type {layer_type!r} is not registered in scope '
+                f"{scope!r}; build with the default scope that has it (default_scope='mmdet' "
+                f"in the config, or DefaultScope.overwrite_default_scope('mmdet')) or name "
+                f"the scope in the type, e.g. 'mmdet.{layer_type}'")
+    return MODELS.build(cfg)
+
+
+class _RunPlugins:
+    """Forward hook: the selected submodule's output through its site's plugins.
+
+    An object rather than a closure: ``copy.deepcopy`` of the wrapper copies
+    ``plugins`` through the same memo, so a copy's hooks run the copy's plugins.
+    """
+
+    def __init__(self, plugins, key):
+        self.plugins = plugins
+        self.key = key
+
+    def __call__(self, module, args, output):
+        return self.plugins[self.key](output)
+
+
+@MODELS.register_module()
+class PluggedBackbone(BaseModule):
+    """Any registered backbone with plugins after submodules chosen by name.
+
+    Args:
+        backbone (dict | nn.Module): Config of the inner backbone, built with
+            ``MODELS.build`` in the current default scope (``'ResNet'`` is
+            mmdet's from an mmdet config, mmseg's from an mmseg one; a scoped
+            type such as ``'mmdet.Darknet'`` works anywhere), or a built module.
+        plugins (list[dict]): Each ``dict(cfg=..., after=...)``. ``cfg`` is a
+            plugin config as for mmdet's ``ResNet`` (``type`` plus the plugin's
+            arguments, an optional ``postfix`` naming it); ``in_channels`` is
+            inferred, do not give it. ``after`` is a submodule name or a list of
+            them, as in ``backbone.named_modules()``, with fnmatch patterns
+            matched per dotted component: ``*`` stays within one component, so
+            ``'layer2.*'`` is every block of ``layer2`` (not their convs), and
+            ``'layer[234].*'`` every block of stages 2-4. Every pattern must
+            match at least one submodule; each selected submodule must be called
+            once per forward and return one ``[N, C, H, W]`` tensor. Plugins at
+            one submodule run in the order listed; two of the same type there
+            need distinct ``postfix``.
+        freeze_plugins (bool | str): ``False``: plugins train, whatever the
+            inner backbone freezes. ``'follow'``: at construction and on
+            ``train()``, a plugin after
+            a submodule whose parameters are all frozen (``requires_grad``
+            False, as ``frozen_stages`` leaves them) is frozen too, as mmdet's
+            in-block plugins are; hosts without parameters never freeze.
+            ``True``: all plugins frozen (``requires_grad=False``, eval mode).
+            Defaults to False.
+        plugin_norm_eval (bool): Put the plugins' BatchNorms in eval mode on
+            ``train()``; the inner backbone's ``norm_eval`` does not reach them.
+            Defaults to False.
+        probe_shape (tuple[int]): ``(C, H, W)`` of the dry-forward input that
+            measures the channels at each selected submodule; any size the
+            backbone accepts. Defaults to (3, 64, 64).
+        init_cfg (dict | list[dict], optional): Init config of the whole wrapper.
+            The inner backbone's own ``init_cfg`` (e.g. ``Pretrained``) goes in
+            its config; plugins' ``init_weights()`` run after both. Defaults to
+            None.
+
+    Note:
+        State dict: ``backbone.<plain key>`` plus ``plugins.<site>.*``, with
+        ``<site>`` the selected name, dots as underscores. The plain backbone's
+        weights therefore load as usual through the inner backbone's
+        ``init_cfg=dict(type='Pretrained', checkpoint=...)`` (add
+        ``prefix='backbone.'`` to take them from a detector checkpoint). A plain
+        detector checkpoint loads into the plugged detector with
+        ``mmengine.runner.load_checkpoint(model, path, strict=False,
+        revise_keys=[(r'^backbone\\.', 'backbone.backbone.')])``; only the
+        plugin keys are then missing. Plugins run whenever the inner backbone
+        runs (hooks sit on its submodules). Names of the OpenMMLab backbones
+        (mmdet 3.3 / mmseg 1.2):
+
+        * ResNet / ResNetV1c: ``layer{1-4}.{i}`` are the blocks (BasicBlock or
+          Bottleneck); the stem is ``conv1``/``bn1`` or, for V1c/V1d,
+          ``stem.*``. A block's ``relu`` is called twice and is refused.
+        * Darknet-53: ``conv_res_block{1-5}`` with children ``conv`` (the
+          stride-2 conv) and ``res{i}`` (residual blocks; 1, 2, 8, 8, 4 of them).
+        * CSPDarknet (YOLOv5/YOLOX): ``stage{1-4}.0`` the stride-2 conv,
+          ``stage{1-3}.1`` and ``stage4.2`` the CSPLayers (``stage4.1`` is the
+          SPP), ``stage*.*.blocks.*`` their bottlenecks.
+        * HRNet: ``layer1.*`` the stage-1 bottlenecks; ``stage{2-4}.{m}`` is an
+          HRModule, which returns a list and is refused; its branches
+          ``stage{2-4}.{m}.branches.{b}`` (one resolution each) and their blocks
+          ``stage{2-4}.{m}.branches.{b}.{i}`` return tensors.
+
+    Example:
+        >>> import torch
+        >>> from mmdet.utils import register_all_modules
+        >>> from mmengine.registry import DefaultScope
+        >>> from mmplug.backbones.plugged_backbone import PluggedBackbone
+        >>> register_all_modules(init_default_scope=False)
+        >>> with DefaultScope.overwrite_default_scope('mmdet'):
+        ...     model = PluggedBackbone(
+        ...         backbone=dict(type='ResNet', depth=18, out_indices=(0, 1, 2, 3)),
+        ...         plugins=[dict(cfg=dict(type='SGE', groups=8), after='layer[234].*')])
+        >>> model.plugin_sites
+        ('layer2.0', 'layer2.1', 'layer3.0', 'layer3.1', 'layer4.0', 'layer4.1')
+        >>> [tuple(o.shape) for o in model(torch.randn(1, 3, 64, 64))]
+        [(1, 64, 16, 16), (1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+
+        In configs (``custom_imports=dict(imports=['mmplug'])``)::
+
+            # RetinaNet / Faster R-CNN with ResNet-18: SGE after every block of stages 2-4
+            backbone=dict(
+                type='PluggedBackbone',
+                backbone=dict(type='ResNet', depth=18, frozen_stages=1, norm_eval=True,
+                              init_cfg=dict(type='Pretrained',
+                                            checkpoint='torchvision://resnet18')),
+                plugins=[dict(cfg=dict(type='SGE', groups=8), after='layer[234].*')])
+            # YOLOv3: Darknet-53, after the residual blocks of the last three stages
+            backbone=dict(
+                type='PluggedBackbone',
+                backbone=dict(type='Darknet', depth=53, out_indices=(3, 4, 5)),
+                plugins=[dict(cfg=dict(type='SGE', groups=32),
+                              after='conv_res_block[345].res*')])
+            # YOLOX: CSPDarknet, after each CSPLayer
+            backbone=dict(
+                type='PluggedBackbone',
+                backbone=dict(type='CSPDarknet', deepen_factor=0.33, widen_factor=0.5),
+                plugins=[dict(cfg=dict(type='SGE', groups=8),
+                              after=['stage[123].1', 'stage4.2'])])
+            # HRNet: after every branch of every HRModule, at every resolution
+            backbone=dict(
+                type='PluggedBackbone',
+                backbone=dict(type='HRNet', extra=...),
+                plugins=[dict(cfg=dict(type='SGE', groups=16),
+                              after='stage[234].*.branches.*')])
+    """
+
+    def __init__(self, backbone, plugins, *, freeze_plugins=False, plugin_norm_eval=False,
+                 probe_shape=(3, 64, 64), init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self._check_args(backbone, plugins, freeze_plugins, plugin_norm_eval, probe_shape)
+        self.freeze_plugins = freeze_plugins
+        self.plugin_norm_eval = plugin_norm_eval
+        self.backbone = backbone if isinstance(backbone, nn.Module) else _build_backbone(backbone)
+
+        # Which submodules get which plugin configs, in module order.
+        names = [name for name, _ in self.backbone.named_modules() if name]
+        site_cfgs = {}
+        for entry in plugins:
+            after = [entry['after']] if isinstance(entry['after'], str) else entry['after']
+            selected = []
+            for pattern in after:
+                matched = [name for name in names if _matches(pattern, name)]
+                if not matched:
+                    raise ValueError(_no_match_message(pattern, names, self.backbone))
+                selected += [name for name in matched if name not in selected]
+            for name in selected:
+                site_cfgs.setdefault(name, []).append(entry['cfg'])
+        self._site_names = tuple(name for name in names if name in site_cfgs)
+        keys = {}
+        for name in self._site_names:
+            if _site_key(name) in keys:
+                raise ValueError(
+                    f'PluggedBackbone: submodules {keys[_site_key(name)]!r} and {name!r} '
+                    f'share the plugin key {_site_key(name)!r}; select only one of them')
+            keys[_site_key(name)] = name
+
+        features = self._probe(probe_shape)
+
+        self.plugins = ModuleDict()
+        for name in self._site_names:
+            channels = features[name].shape[1]
+            site = Sequential()
+            for cfg in site_cfgs[name]:
+                cfg = copy.deepcopy(dict(cfg))
+                postfix = cfg.pop('postfix', '')
+                cfg['type'] = _plugin_class(cfg['type'])
+                layer_name, layer = build_plugin_layer(cfg, postfix=postfix, in_channels=channels)
+                if layer_name in site._modules:
+                    raise ValueError(
+                        f'PluggedBackbone: two plugins named {layer_name!r} after {name!r}; give '
+                        f"them distinct 'postfix' in cfg (e.g. postfix='_a' and postfix='_b')")
+                site.add_module(layer_name, layer)
+            self.plugins[_site_key(name)] = site
+        self._check_plugins_keep_shape(features)
+
+        self._hooked = {}
+        self._attach_hooks()
+        self._apply_plugin_modes(self.training)
+
+    @staticmethod
+    def _check_args(backbone, plugins, freeze_plugins, plugin_norm_eval, probe_shape):
+        if not isinstance(backbone, nn.Module) and not (
+                isinstance(backbone, dict) and 'type' in backbone):
+            raise ValueError('PluggedBackbone: backbone must be a config dict with a "type" or '
+                             f'an nn.Module, got {backbone!r}')
+        if not isinstance(plugins, (list, tuple)) or not plugins:
+            raise ValueError('PluggedBackbone: plugins must be a non-empty list of '
+                             f'dict(cfg=..., after=...), got {plugins!r}')
+        for entry in plugins:
+            if not isinstance(entry, dict) or set(entry) != set(_PLUGIN_KEYS):
+                raise ValueError(
+                    'PluggedBackbone: each plugin must be dict(cfg=dict(type=...), '
+                    f"after='name' or [...]) with exactly those keys, got {entry!r} (mmdet "
+                    "ResNet's stages/position do not apply: select submodules by name)")
+            cfg, after = entry['cfg'], entry['after']
+            if not isinstance(cfg, dict) or 'type' not in cfg:
+                raise ValueError(f'PluggedBackbone: plugin cfg must be a dict with a "type", '
+                                 f'got {cfg!r}')
+            if 'in_channels' in cfg:
+                raise ValueError(f'PluggedBackbone: plugin cfg {cfg!r} gives in_channels; it is '
+                                 'measured at each selected submodule, remove it')
+            if not isinstance(cfg.get('postfix', ''), (int, str)):
+                raise ValueError(f'PluggedBackbone: postfix must be a str or int, got '
+                                 f'{cfg["postfix"]!r}')
+            patterns = [after] if isinstance(after, str) else after
+            if not isinstance(patterns, (list, tuple)) or not patterns or not all(
+                    isinstance(p, str) and p for p in patterns):
+                raise ValueError(
+                    'PluggedBackbone: after must be a submodule name or pattern, or a non-empty '
+                    f"list of them (e.g. ['layer2.*', 'layer3.1']), got {after!r}")
+        if freeze_plugins is not False and freeze_plugins is not True \
+                and freeze_plugins != 'follow':
+            raise ValueError("PluggedBackbone: freeze_plugins must be False, True or 'follow', "
+                             f'got {freeze_plugins!r}')
+        if not isinstance(plugin_norm_eval, bool):
+            raise ValueError(f'PluggedBackbone: plugin_norm_eval must be a bool, got '
+                             f'{plugin_norm_eval!r}')
+        if not isinstance(probe_shape, (list, tuple)) or len(probe_shape) != 3 or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in probe_shape):
+            raise ValueError('PluggedBackbone: probe_shape must be (C, H, W), three positive '
+                             f'ints, got {probe_shape!r}')
+
+    def _probe(self, probe_shape):
+        """One dry forward; the single 4-D output of every selected submodule."""
+        records = {name: [] for name in self._site_names}
+        handles = [
+            self.backbone.get_submodule(name).register_forward_hook(
+                lambda module, args, output, name=name: records[name].append(output))
+            for name in self._site_names
+        ]
+        modes = {module: module.training for module in self.backbone.modules()}
+        ref = next((t for t in list(self.backbone.parameters()) + list(self.backbone.buffers())
+                    if t.is_floating_point()), None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else ('cpu', torch.float32)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((1, *probe_shape), generator=gen).to(device=device, dtype=dtype)
+        try:
+            self.backbone.eval()
+            with torch.no_grad():
+                self.backbone(x)
+        except Exception as err:
+            raise RuntimeError(
+                f'PluggedBackbone: the dry forward of {type(self.backbone).__name__} on a '
+                f'{tuple(x.shape)} input failed ({type(err).__name__}: {err}); pass a '
+                'probe_shape=(C, H, W) the backbone accepts') from err
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, mode in modes.items():
+                module.training = mode
+
+        features = {}
+        for name, outputs in records.items():
+            module = self.backbone.get_submodule(name)
+            if not outputs:
+                raise ValueError(f'PluggedBackbone: submodule {name!r} '
+                                 f'({type(module).__name__}) is not called in the forward pass; '
+                                 'a plugin after it would never run')
+            if len(outputs) > 1:
+                raise ValueError(
+                    f'PluggedBackbone: submodule {name!r} ({type(module).__name__}) is called '
+                    f'{len(outputs)} times in one forward (a shared layer, like a block\'s '
+                    'ReLU); select a submodule that runs once')
+            output = outputs[0]
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise ValueError(
+                    f'PluggedBackbone: submodule {name!r} ({type(module).__name__}) returns '
+                    f'{_describe(output)}; plugins need one [N, C, H, W] tensor'
+                    + _children_hint(module, name))
+            features[name] = output
+        return features
+
+    def _check_plugins_keep_shape(self, features):
+        modes = {module: module.training for module in self.plugins.modules()}
+        try:
+            self.plugins.eval()
+            with torch.no_grad():
+                for name in self._site_names:
+                    out = self.plugins[_site_key(name)](features[name])
+                    if not isinstance(out, torch.Tensor) or out.shape != features[name].shape:
+                        raise ValueError(
+                            f'PluggedBackbone: the plugins after {name!r} turn '
+                            f'{_describe(features[name])} into {_describe(out)}; plugins must '
+                            'keep the shape of the feature map')
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
+    def _attach_hooks(self):
+        """Hook each selected submodule once; re-hook one that was replaced since."""
+        for name in self._site_names:
+            module = self.backbone.get_submodule(name)
+            if self._hooked.get(name) is not module:
+                module.register_forward_hook(_RunPlugins(self.plugins, _site_key(name)))
+                self._hooked[name] = module
+
+    def _apply_plugin_modes(self, mode):
+        for name in self._site_names:
+            site = self.plugins[_site_key(name)]
+            freeze = self.freeze_plugins is True
+            if self.freeze_plugins == 'follow':
+                host = list(self.backbone.get_submodule(name).parameters())
+                freeze = bool(host) and not any(p.requires_grad for p in host)
+            if freeze:
+                site.eval()
+                for param in site.parameters():
+                    param.requires_grad = False
+        if mode and self.plugin_norm_eval:
+            for module in self.plugins.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+
+    @property
+    def plugin_sites(self):
+        """Names of the submodules that have plugins after them, in module order."""
+        return self._site_names
+
+    def train(self, mode=True):
+        """Train mode as the inner backbone sets it (``frozen_stages``,
+        ``norm_eval``); plugins as ``freeze_plugins``/``plugin_norm_eval`` say."""
+        super().train(mode)
+        self._apply_plugin_modes(mode)
+        return self
+
+    def forward(self, x):
+        self._attach_hooks()
+        return self.backbone(x)
