@@ -7,8 +7,10 @@ registry; configs load it with::
 """
 from .version import __version__
 from .registry import MODELS
-from . import plugins
-from .plugins import SGE
+from . import backbones, conv, plugins
+from .backbones import PluggedBackbone
+from .conv import BlurConv2d, BlurPool2d, CoordConv2d, DCNv2UnitMask, GhostConv2d
+from .plugins import CBAM, SE, SGE, SK, STN, CoordConvPlugin, NonLocal, StripPooling
 from .utils import allow_mmengine_checkpoints
 
 # mmengine 0.10.7 writes objects into checkpoints that torch >= 2.6's safe
@@ -16,4 +18,12 @@ from .utils import allow_mmengine_checkpoints
 # those classes; everything else stays refused.
 allow_mmengine_checkpoints()
 
-__all__ = ['__version__', 'MODELS', 'plugins', 'SGE', 'allow_mmengine_checkpoints']
+__all__ = [
+    '__version__', 'MODELS', 'allow_mmengine_checkpoints', 'backbones', 'conv', 'plugins',
+    # plugins
+    'CBAM', 'CoordConvPlugin', 'NonLocal', 'SE', 'SGE', 'SK', 'STN', 'StripPooling',
+    # conv-layer replacements
+    'BlurConv2d', 'BlurPool2d', 'CoordConv2d', 'DCNv2UnitMask', 'GhostConv2d',
+    # backbone wrappers
+    'PluggedBackbone',
+]

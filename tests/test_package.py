@@ -9,7 +9,11 @@ import mmplug
 from mmplug import MODELS
 
 #: Every type mmplug registers; extend when a module is added.
-MMPLUG_TYPES = ['SGE']
+MMPLUG_TYPES = [
+    'CBAM', 'CoordConvPlugin', 'NonLocal', 'SE', 'SGE', 'SK', 'STN', 'StripPooling',
+    'BlurConv2d', 'BlurPool2d', 'CoordConv2d', 'DCNv2UnitMask', 'GhostConv2d',
+    'PluggedBackbone',
+]
 
 
 def _run(code):
@@ -64,3 +68,20 @@ def test_import_does_not_pull_mmdet_or_mmseg():
     proc = _run('import sys, mmplug\n'
                 'print(sorted({m.split(".")[0] for m in sys.modules} & {"mmdet", "mmseg"}))\n')
     assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stderr
+
+
+def test_mmcv_without_ops_still_imports_and_names_the_fix():
+    # An mmcv without compiled ops (mmcv-lite, or a build-isolated source build):
+    # every other module still works; asking for the DCN layer says how to fix it.
+    proc = _run("import sys; sys.modules['mmcv.ops'] = None\n"
+                'import mmplug\n'
+                'from mmplug import MODELS\n'
+                "MODELS.build(dict(type='SE', in_channels=16))\n"
+                'try:\n'
+                "    MODELS.build(dict(type='DCNv2UnitMask', in_channels=4, out_channels=4,"
+                ' kernel_size=3))\n'
+                'except ImportError as e:\n'
+                '    print(e)\n')
+    assert proc.returncode == 0, proc.stderr
+    assert 'DCNv2UnitMask needs mmcv built with its ops' in proc.stdout
+    assert 'MMCV_WITH_OPS=1' in proc.stdout
