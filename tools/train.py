@@ -17,6 +17,7 @@ from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
 from mmplug.data import prepare_data
+from mmplug.utils import check_pretrained
 
 
 def parse_args():
@@ -80,6 +81,8 @@ def main():
         cfg.load_from = args.resume
 
     prepare_data(cfg)
+    # The runner initialises the weights before it loads or resumes, so always check.
+    check_pretrained(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 
