@@ -7,9 +7,10 @@ registry; configs load it with::
 """
 from .version import __version__
 from .registry import MODELS
-from . import backbones, conv, plugins
+from . import backbones, conv, necks, plugins
 from .backbones import PluggedBackbone
 from .conv import BlurConv2d, BlurPool2d, CoordConv2d, DCNv2UnitMask, GhostConv2d
+from .necks import ASFF, ASPP, MPM, RFB, ASPPBlock, MPMBlock, RFBBlock
 from .plugins import CBAM, SE, SGE, SK, STN, CoordConvPlugin, NonLocal, StripPooling
 from .utils import allow_mmengine_checkpoints
 
@@ -19,11 +20,14 @@ from .utils import allow_mmengine_checkpoints
 allow_mmengine_checkpoints()
 
 __all__ = [
-    '__version__', 'MODELS', 'allow_mmengine_checkpoints', 'backbones', 'conv', 'plugins',
+    '__version__', 'MODELS', 'allow_mmengine_checkpoints', 'backbones', 'conv', 'necks',
+    'plugins',
     # plugins
     'CBAM', 'CoordConvPlugin', 'NonLocal', 'SE', 'SGE', 'SK', 'STN', 'StripPooling',
     # conv-layer replacements
     'BlurConv2d', 'BlurPool2d', 'CoordConv2d', 'DCNv2UnitMask', 'GhostConv2d',
+    # necks and their blocks
+    'ASFF', 'ASPP', 'ASPPBlock', 'MPM', 'MPMBlock', 'RFB', 'RFBBlock',
     # backbone wrappers
     'PluggedBackbone',
 ]

@@ -12,6 +12,7 @@ from mmplug import MODELS
 MMPLUG_TYPES = [
     'CBAM', 'CoordConvPlugin', 'NonLocal', 'SE', 'SGE', 'SK', 'STN', 'StripPooling',
     'BlurConv2d', 'BlurPool2d', 'CoordConv2d', 'DCNv2UnitMask', 'GhostConv2d',
+    'ASFF', 'ASPP', 'ASPPBlock', 'MPM', 'MPMBlock', 'RFB', 'RFBBlock',
     'PluggedBackbone',
 ]
 

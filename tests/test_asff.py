@@ -1,0 +1,413 @@
+"""ASFF: contract, the fusion equation, resizing at odd sizes, init, autocast, and use
+after FPN in an mmdet Faster R-CNN."""
+import doctest
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, randomize_
+from mmengine.config import ConfigDict
+from mmengine.model import Sequential
+from mmengine.registry import DefaultScope
+
+import mmplug.necks.asff as asff_module
+from mmplug.necks.asff import ASFF
+
+YOLO_CHANNELS = [512, 256, 128]  # mmdet YOLOV3Neck's outputs, deepest first
+YOLO_STRIDES = [32, 16, 8]
+FPN_STRIDES = [4, 8, 16, 32, 64]
+
+
+def _pyramid_sizes(h, w, strides, rounding=math.ceil):
+    """Level sizes of an ``h x w`` image: ResNet/FPN strided convs and pools round up."""
+    return [(rounding(h / s), rounding(w / s)) for s in strides]
+
+
+def _levels(channels, sizes, batch=1, scale=1.0, requires_grad=False):
+    return _Levels(
+        (torch.randn(batch, c, h, w) * scale).requires_grad_(requires_grad)
+        for c, (h, w) in zip(channels, sizes))
+
+
+class _Levels(tuple):
+    """A tuple of maps; ``assert_grads_reach_every_parameter`` reads ``requires_grad``
+    of its input (the input maps are checked separately)."""
+    requires_grad = False
+
+
+def _sum_of_squares(outs):
+    return sum(o.square().sum() for o in outs)
+
+
+def _randomized(asff, seed=0):
+    """Random weights (paper init is uniform fusion), and random BN statistics."""
+    randomize_(asff, seed=seed, scale=0.2)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in asff.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return asff
+
+
+# -- arguments and inputs ------------------------------------------------------------------
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=[]), ['in_channels', '[]']),
+    (dict(in_channels=256), ['in_channels', 'list', '256']),
+    (dict(in_channels=[256]), ['at least 2', '[256]']),
+    (dict(in_channels=[256, 0]), ['in_channels[1]', '0']),
+    (dict(in_channels=[256, 256], out_channels=0), ['out_channels', '0']),
+    (dict(in_channels=[256, 256], out_channels=[256]), ['out_channels', '2 ints', '[256]']),
+    (dict(in_channels=[256, 256], out_channels=[256, -1]), ['out_channels[1]', '-1']),
+    (dict(in_channels=[256, 256], strides=[8]), ['strides', '2 ints', '[8]']),
+    (dict(in_channels=[256, 256], strides=[8, 0]), ['strides[1]', '0']),
+    (dict(in_channels=[256, 256], strides=[8, 16.0]), ['strides[1]', '16.0']),
+    (dict(in_channels=[64] * 3, strides=[8, 12, 16]), ['power of 2', 'strides[1] = 12', '8']),
+    (dict(in_channels=[64] * 3, strides=[32, 16, 24]), ['power of 2', 'strides[2] = 24']),
+    (dict(in_channels=[256, 256], compress_channels=0), ['compress_channels', '0']),
+    (dict(in_channels=[256, 256], norm_cfg='BN'), ['norm_cfg', "'BN'"]),
+])
+def test_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        ASFF(**kwargs)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_wrong_number_of_levels_named():
+    asff = ASFF([16, 8, 4], strides=YOLO_STRIDES)
+    x = _levels([16, 8], [(4, 4), (8, 8)])
+    with pytest.raises(ValueError, match=r'built for 3 levels \(in_channels=\[16, 8, 4\]\), got 2'):
+        asff(x)
+    with pytest.raises(TypeError, match='expected a tuple of 3 feature maps'):
+        asff(torch.randn(1, 16, 4, 4))
+
+
+def test_wrong_channels_named():
+    # A backbone's C2-C5 fed to an ASFF built for FPN's outputs.
+    asff = ASFF([16] * 4)
+    x = _levels([8, 16, 32, 64], _pyramid_sizes(64, 64, FPN_STRIDES[:4]))
+    with pytest.raises(ValueError, match=r'level 0 must be \[N, 16, H, W\] '
+                       r'\(in_channels\[0\] = 16\), got \[1, 8, 16, 16\]'):
+        asff(x)
+
+
+def test_sizes_that_contradict_strides_are_named():
+    # YOLOV3Neck's outputs come deepest first; forgetting strides=[32, 16, 8] is caught.
+    asff = ASFF([16, 8, 4])
+    x = _levels([16, 8, 4], _pyramid_sizes(320, 320, YOLO_STRIDES))
+    with pytest.raises(ValueError, match=r'do not match strides=\[1, 2, 4\]: level 1 is 20x20, '
+                       r'expected about 5x5.*strides=\[32, 16, 8\]'):
+        asff(x)
+    with pytest.raises(ValueError, match='do not match strides'):
+        asff.fusion_weights(x)
+
+
+# -- shapes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('image', [(320, 320), (300, 236)])
+def test_yolov3_levels_shapes(image):
+    asff = ASFF(YOLO_CHANNELS, strides=YOLO_STRIDES)
+    sizes = _pyramid_sizes(*image, YOLO_STRIDES)
+    outs = asff(_levels(YOLO_CHANNELS, sizes, batch=1))
+    assert isinstance(outs, tuple) and len(outs) == 3
+    expected = [(1, c, h, w) for c, (h, w) in zip(YOLO_CHANNELS, sizes)]
+    assert [tuple(o.shape) for o in outs] == expected
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('rounding', [math.ceil, math.floor])
+def test_fpn_five_levels_odd_sizes(rounding):
+    # 100x76 image: ceil gives FPN's sizes (25x19 ... 2x2); floor-rounded pyramids make the
+    # strided paths come out one pixel too large, so they are cropped.
+    sizes = _pyramid_sizes(100, 76, FPN_STRIDES, rounding)
+    assert sizes == ([(25, 19), (13, 10), (7, 5), (4, 3), (2, 2)] if rounding is math.ceil else
+                     [(25, 19), (12, 9), (6, 4), (3, 2), (1, 1)])
+    asff = ASFF([32] * 5).eval()  # eval: a 1x1 level at batch 1 is fine for BN
+    outs = asff(_levels([32] * 5, sizes, batch=1))
+    assert [tuple(o.shape) for o in outs] == [(1, 32, h, w) for h, w in sizes]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.parametrize('out_channels, expected', [
+    (None, [16, 8, 4]), (24, [24, 24, 24]), ([5, 6, 7], [5, 6, 7]), ((3, 3, 3), [3, 3, 3]),
+])
+def test_out_channels(out_channels, expected):
+    asff = ASFF([16, 8, 4], out_channels=out_channels, strides=YOLO_STRIDES)
+    assert asff.out_channels == expected
+    sizes = _pyramid_sizes(96, 64, YOLO_STRIDES)
+    outs = asff(_levels([16, 8, 4], sizes, batch=2))
+    assert [tuple(o.shape) for o in outs] == [(2, c, h, w) for c, (h, w) in zip(expected, sizes)]
+
+
+def test_any_number_of_levels_and_equal_strides():
+    # Two levels only; and two levels at one stride with different channels (1x1 path).
+    asff = ASFF([8, 4], strides=[16, 8])
+    assert [tuple(o.shape) for o in asff(_levels([8, 4], [(5, 7), (10, 14)], batch=2))] == [
+        (2, 8, 5, 7), (2, 4, 10, 14)]
+    asff = ASFF([16, 8, 8], strides=[8, 8, 16])
+    same = asff.fusions[0].resize[1]
+    assert isinstance(same.conv.conv, nn.Conv2d) and same.conv.conv.kernel_size == (1, 1)
+    assert isinstance(asff.fusions[0].resize[0].conv, nn.Identity)
+    outs = asff(_levels([16, 8, 8], [(9, 9), (9, 9), (5, 5)], batch=2))
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 9, 9), (2, 8, 9, 9), (2, 8, 5, 5)]
+
+
+def test_resize_paths_follow_the_paper():
+    asff = ASFF([32] * 5)  # strides 1, 2, ..., 16 relative
+    top = asff.fusions[0].resize  # target: the finest level; all others up-sample
+    assert isinstance(top[0].conv, nn.Identity) and isinstance(top[0].pool, nn.Identity)
+    for k in range(1, 5):
+        assert top[k].upsample and top[k].conv.conv.kernel_size == (1, 1)
+    bottom = asff.fusions[4].resize  # target: the coarsest level; all others down-sample
+    assert isinstance(bottom[3].pool, nn.Identity)  # by 2: 3x3 stride-2 conv only
+    for k, (kernel, stride, padding) in zip(range(3), [(9, 8, 4), (5, 4, 2), (3, 2, 1)]):
+        pool = bottom[k].pool  # by 16, 8, 4: max-pool of stride ratio / 2 first
+        assert isinstance(pool, nn.MaxPool2d)
+        assert (pool.kernel_size, pool.stride, pool.padding) == (kernel, stride, padding)
+    for k in range(4):
+        conv = bottom[k].conv.conv
+        assert conv.kernel_size == (3, 3) and conv.stride == (2, 2) and conv.padding == (1, 1)
+    # YOLOv3 order (deepest first): target stride 32 takes stride 8 by pool + conv.
+    yolo = ASFF([16, 8, 4], strides=YOLO_STRIDES).fusions[0].resize
+    assert isinstance(yolo[2].pool, nn.MaxPool2d) and yolo[2].conv.conv.stride == (2, 2)
+    assert isinstance(yolo[1].pool, nn.Identity) and yolo[1].conv.conv.in_channels == 8
+    assert yolo[1].conv.conv.out_channels == 16
+
+
+# -- the fusion equation -------------------------------------------------------------------
+
+def _reference_level(fusion, inputs, size):
+    """Eqs. 1-2 for one output level, written out from the submodules' layers."""
+    resized = []
+    for resize, x in zip(fusion.resize, inputs):
+        y = resize.conv(resize.pool(x))
+        if resize.upsample:
+            y = F.interpolate(y, size=size, mode='nearest')
+        else:  # strided paths: top-left aligned, crop / replicate-pad at the bottom-right
+            y = y[..., :size[0], :size[1]]
+            y = F.pad(y, (0, size[1] - y.shape[-1], 0, size[0] - y.shape[-2]), mode='replicate')
+        resized.append(y)
+    logits = fusion.weight_logits(torch.cat(
+        [conv(y) for conv, y in zip(fusion.weight_compress, resized)], dim=1))
+    alpha = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)  # Eq. 2
+    fused = sum(alpha[:, k:k + 1] * y for k, y in enumerate(resized))  # Eq. 1
+    return alpha, fused, fusion.expand(fused)
+
+
+@pytest.mark.parametrize('channels, strides, sizes', [
+    ([16, 8, 4], YOLO_STRIDES, _pyramid_sizes(300, 236, YOLO_STRIDES)),
+    ([8] * 5, None, _pyramid_sizes(100, 76, FPN_STRIDES)),
+    ([8] * 5, None, _pyramid_sizes(100, 76, FPN_STRIDES, math.floor)),
+    # Finer level floor-rounded, coarser ceil-rounded: the strided path is one short (pad).
+    ([8, 4], [4, 8], [(24, 23), (13, 12)]),
+])
+def test_fusion_matches_the_equations(channels, strides, sizes):
+    asff = _randomized(ASFF(channels, out_channels=6, strides=strides)).eval()
+    x = _levels(channels, sizes, batch=2)
+    fused = {}
+    for level, fusion in enumerate(asff.fusions):
+        fusion.expand.register_forward_pre_hook(
+            lambda m, args, level=level: fused.__setitem__(level, args[0]))
+    with torch.no_grad():
+        outs = asff(x)
+        weights = asff.fusion_weights(x)
+        for level, fusion in enumerate(asff.fusions):
+            alpha, ref_fused, ref_out = _reference_level(fusion, x, sizes[level])
+            assert fused[level].shape == (2, channels[level], *sizes[level])
+            torch.testing.assert_close(fused[level], ref_fused, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(outs[level], ref_out, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(weights[level], alpha, rtol=1e-5, atol=1e-6)
+            # Randomised: the weights really depend on the position and the level.
+            assert alpha.std() > 1e-2
+
+
+def test_fusion_weights_sum_to_one():
+    asff = _randomized(ASFF([16, 8, 4], strides=YOLO_STRIDES))
+    sizes = _pyramid_sizes(160, 96, YOLO_STRIDES)
+    weights = asff.fusion_weights(_levels([16, 8, 4], sizes, batch=2))
+    assert [tuple(w.shape) for w in weights] == [(2, 3, h, w) for h, w in sizes]
+    for w in weights:
+        assert w.dtype == torch.float32 and (w >= 0).all() and (w <= 1).all()
+        torch.testing.assert_close(w.sum(dim=1), torch.ones_like(w[:, 0]))
+
+
+# -- init ----------------------------------------------------------------------------------
+
+def test_init_gives_uniform_fusion_weights():
+    asff = ASFF([16] * 5)
+    for fusion in asff.fusions:
+        assert not fusion.weight_logits.weight.any()
+        assert torch.equal(fusion.weight_logits.bias, torch.zeros(5))
+    weights = asff.fusion_weights(_levels([16] * 5, _pyramid_sizes(64, 48, FPN_STRIDES), batch=2))
+    for w in weights:
+        torch.testing.assert_close(w, torch.full_like(w, 0.2))
+
+
+def test_init_weights_survive_host_init():
+    # As in a neck=[...] chain: the parent's init_cfg runs first, then ASFF's init_weights.
+    asff = ASFF([16, 8, 4], strides=YOLO_STRIDES)
+    host = Sequential(nn.BatchNorm2d(3), asff, init_cfg=HOST_INIT_CFG)
+    randomize_(host)
+    host.init_weights()
+    assert torch.all(host[0].weight == 0.5)  # the host's init did run
+    for fusion in asff.fusions:
+        assert not fusion.weight_logits.weight.any()
+        assert torch.equal(fusion.weight_logits.bias, torch.zeros_like(fusion.weight_logits.bias))
+        # ConvModule re-applies its own init after the host's: norm scale 1, shift 0.
+        assert torch.all(fusion.expand.bn.weight == 1) and torch.all(fusion.expand.bn.bias == 0)
+        assert torch.all(fusion.weight_compress[0].bn.weight == 1)
+    assert torch.all(asff.fusions[0].resize[1].conv.bn.weight == 1)
+
+
+# -- gradients and precision ---------------------------------------------------------------
+
+def test_gradients_reach_every_parameter_and_input():
+    asff = _randomized(ASFF([16, 8, 4], out_channels=[4, 5, 6], strides=YOLO_STRIDES))
+    x = _levels([16, 8, 4], _pyramid_sizes(100, 76, YOLO_STRIDES), batch=2, requires_grad=True)
+    assert_grads_reach_every_parameter(asff, x, loss_fn=_sum_of_squares)
+    for level, xi in enumerate(x):
+        assert xi.grad is not None and torch.isfinite(xi.grad).all(), level
+        assert xi.grad.abs().sum() > 0, level
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('scale', [1.0, 300.0])
+def test_autocast_is_finite(dtype, scale):
+    asff = _randomized(ASFF([16] * 5)).eval()
+    x = _levels([16] * 5, _pyramid_sizes(100, 76, FPN_STRIDES), batch=2, scale=scale)
+    with torch.no_grad():
+        ref = asff(x)
+        with torch.autocast(device_type='cpu', dtype=dtype):
+            outs = asff(x)
+            weights = asff.fusion_weights(x)
+    for o, r in zip(outs, ref):
+        assert o.dtype == dtype and torch.isfinite(o).all()
+        err = (o.float() - r).abs().max() / r.abs().max()
+        assert err < 0.05, err
+    for w in weights:
+        assert w.dtype == torch.float32 and torch.isfinite(w).all()
+        torch.testing.assert_close(w.sum(dim=1), torch.ones_like(w[:, 0]))
+
+
+def test_autocast_bf16_backward_is_finite():
+    asff = _randomized(ASFF([16, 8, 4], strides=YOLO_STRIDES))
+    x = _levels([16, 8, 4], _pyramid_sizes(96, 96, YOLO_STRIDES), batch=2)
+    with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+        loss = _sum_of_squares(asff(x))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in asff.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# -- OpenMMLab integration -----------------------------------------------------------------
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        asff = MODELS.build(dict(type='ASFF', in_channels=[16, 8, 4], strides=[32, 16, 8],
+                                 out_channels=8))
+    assert type(asff) is ASFF and asff.out_channels == [8, 8, 8] and asff.strides == [32, 16, 8]
+
+
+def _tiny_faster_rcnn_cfg():
+    """mmdet's Faster R-CNN R50-FPN config, narrowed (ResNet-18 at 1/8 width, 16-channel
+    FPN) with ASFF chained after the FPN."""
+    assigner = dict(type='MaxIoUAssigner', ignore_iof_thr=-1)
+    return dict(
+        type='FasterRCNN',
+        backbone=dict(type='ResNet', depth=18, base_channels=8, out_indices=(0, 1, 2, 3),
+                      norm_eval=True, style='pytorch'),
+        neck=[dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=16, num_outs=5),
+              dict(type='ASFF', in_channels=[16] * 5)],
+        rpn_head=dict(
+            type='RPNHead', in_channels=16, feat_channels=16,
+            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                                  strides=FPN_STRIDES),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
+                            target_stds=[1.0] * 4),
+            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        roi_head=dict(
+            type='StandardRoIHead',
+            bbox_roi_extractor=dict(
+                type='SingleRoIExtractor',
+                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+                out_channels=16, featmap_strides=[4, 8, 16, 32]),
+            bbox_head=dict(
+                type='Shared2FCBBoxHead', in_channels=16, fc_out_channels=32, roi_feat_size=7,
+                num_classes=3,
+                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
+                                target_stds=[0.1, 0.1, 0.2, 0.2]),
+                reg_class_agnostic=False,
+                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(
+                assigner=dict(assigner, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                              match_low_quality=True),
+                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
+                             add_gt_as_proposals=False),
+                allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
+                              min_bbox_size=0),
+            rcnn=dict(
+                assigner=dict(assigner, pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
+                              match_low_quality=False),
+                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
+                             add_gt_as_proposals=True),
+                pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
+                     min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
+
+
+def test_after_fpn_in_mmdet_faster_rcnn_loss():
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(ConfigDict(_tiny_faster_rcnn_cfg()))  # as Config.fromfile gives it
+    model.init_weights()
+    model.train()
+    fpn, asff = model.neck
+    assert type(fpn).__name__ == 'FPN' and isinstance(asff, ASFF)
+    seen = []
+    asff.register_forward_hook(lambda m, args, out: seen.append([tuple(o.shape) for o in out]))
+    # Odd image size, no padding to a multiple of 32: FPN levels 25x19 ... 2x2.
+    packed = demo_mm_inputs(batch_size=2, image_shapes=(3, 100, 76), num_items=[2, 3],
+                            num_classes=3)
+    inputs = torch.stack(packed['inputs']).float() / 255
+    for sample in packed['data_samples']:  # what DetDataPreprocessor would add, unpadded
+        sample.set_metainfo(dict(pad_shape=(100, 76), batch_input_shape=(100, 76)))
+    losses = model(inputs, packed['data_samples'], mode='loss')
+    assert seen == [[(2, 16, h, w) for h, w in _pyramid_sizes(100, 76, FPN_STRIDES)]]
+    assert {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'} <= set(losses)
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for v in losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, p in asff.named_parameters():
+        if 'weight_compress' in name:
+            continue  # zero logit conv at init: no gradient on the first step (documented)
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert asff.fusions[0].weight_logits.weight.grad.abs().sum() > 0
+
+
+def test_docstring_examples():
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(asff_module) if t.examples]
+    assert tests
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

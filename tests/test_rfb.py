@@ -1,0 +1,513 @@
+"""RFB: the paper's block and receptive fields, the per-level neck, OpenMMLab integration."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, randomize_
+from mmcv.cnn import ConvModule
+from mmengine.config import ConfigDict
+from mmengine.model import BaseModule
+from mmengine.registry import DefaultScope
+
+from mmplug.necks.rfb import RFB, RFBBlock  # importing registers RFB and RFBBlock
+
+
+def _convs(branch):
+    return [m.conv for m in branch]
+
+
+def _linear_positive_block(**kwargs):
+    """A linearised block (no norm, no activation) with positive weights and zero biases:
+    its impulse response is non-zero exactly on each branch's receptive field."""
+    block = RFBBlock(1, norm_cfg=None, act_cfg=None, rd_channels=2, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if name.endswith('bias'):
+                p.zero_()
+            else:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.1)
+    return block
+
+
+def _support(y):
+    """Nonzero positions of a [1, C, H, W] map, as a bool [H, W] map."""
+    return (y.abs().sum(dim=(0, 1)) > 0)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=0), ['in_channels', '0']),
+    (dict(in_channels=64.0), ['in_channels', '64.0']),
+    (dict(in_channels=True), ['in_channels', 'True']),
+    (dict(in_channels=64, out_channels=0), ['out_channels', '0']),
+    (dict(in_channels=64, rd_ratio=0), ['rd_ratio', '0']),
+    (dict(in_channels=64, rd_ratio=1.5), ['rd_ratio', '1.5']),
+    (dict(in_channels=64, rd_channels=-2), ['rd_channels', '-2']),
+    (dict(in_channels=64, branch_dilations=()), ['branch_dilations', '()']),
+    (dict(in_channels=64, branch_dilations=(1, 0, 5)), ['branch_dilations', '(1, 0, 5)']),
+    (dict(in_channels=64, branch_dilations=(1, 3.0)), ['branch_dilations', '3.0']),
+    (dict(in_channels=64, branch_dilations=(1, True)), ['branch_dilations', 'True']),
+    (dict(in_channels=64, branch_dilations=3), ['branch_dilations', '3']),
+    (dict(in_channels=64, residual_scale=0), ['residual_scale', '0']),
+    (dict(in_channels=64, residual_scale=-0.1), ['residual_scale', '-0.1']),
+    (dict(in_channels=64, residual_scale=float('nan')), ['residual_scale', 'nan']),
+    (dict(in_channels=64, residual_scale=True), ['residual_scale', 'True']),
+    (dict(in_channels=64, residual_scale='0.1'), ['residual_scale', "'0.1'"]),
+    (dict(in_channels=64, norm_cfg='BN'), ['norm_cfg', "'BN'"]),
+    (dict(in_channels=64, act_cfg=dict(inplace=True)), ['act_cfg', 'inplace']),
+    (dict(in_channels=64, conv_cfg=[]), ['conv_cfg', '[]']),
+])
+def test_block_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        RFBBlock(**kwargs)
+    assert str(err.value).startswith('RFBBlock:')
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_block_mid_channels_is_an_explicit_keyword():
+    # in_channels, out_channels positional; the rest keyword-only (easy to confuse).
+    with pytest.raises(TypeError):
+        RFBBlock(64, 64, 16)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(in_channels=[]), ['in_channels', '[]']),
+    (dict(in_channels=256), ['in_channels', '256']),
+    (dict(in_channels=[256, 0]), ['in_channels[1]', '0']),
+    (dict(in_channels=[256, 256], levels=[2]), ['levels', '[2]']),
+    (dict(in_channels=[256, 256], levels=[0, 0]), ['levels', '[0, 0]']),
+    (dict(in_channels=[256, 128], out_channels=[64, 64], levels=[0]),
+     ['level 1', 'out_channels[1] = 64', '128']),
+    (dict(in_channels=[256, 128], out_channels=[64]), ['out_channels', '[64]']),
+    (dict(in_channels=[32, 32], residual_scale=0), ['RFBBlock', 'residual_scale', '0']),
+    (dict(in_channels=[32, 32], branch_dilations=(1, -3)), ['branch_dilations', '(1, -3)']),
+])
+def test_neck_invalid_arguments(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        RFB(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_neck_unknown_block_argument_is_named():
+    with pytest.raises(TypeError, match='mid_channels'):
+        RFB([32, 32], mid_channels=8)
+
+
+def test_block_wrong_input_channels_named():
+    with pytest.raises(ValueError, match=r'expected a \[N, 32, H, W\] input, got \[1, 16, 5, 5\]'):
+        RFBBlock(32)(torch.randn(1, 16, 5, 5))
+
+
+def test_neck_wrong_number_of_levels_named():
+    neck = RFB([16] * 5)
+    with pytest.raises(ValueError, match=r'built for 5 levels \(in_channels=\[16, 16, 16, 16, '
+                                         r'16\]\), got 4 feature maps'):
+        neck(tuple(torch.randn(1, 16, 4, 4) for _ in range(4)))
+    with pytest.raises(TypeError, match='tuple of 5 feature maps'):
+        neck(torch.randn(1, 16, 4, 4))
+
+
+def test_neck_wrong_level_channels_named():
+    # e.g. built for FPN's outputs but fed a backbone's stages.
+    neck = RFB([16, 16, 16])
+    feats = (torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4), torch.randn(1, 16, 2, 2))
+    with pytest.raises(ValueError, match=r'level 1 must be \[N, 16, H, W\] \(in_channels\[1\] = '
+                                         r'16\), got \[1, 32, 4, 4\]'):
+        neck(feats)
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_paper_structure_and_defaults():
+    block = RFBBlock(256)
+    assert block.branch_dilations == (1, 3, 5) and block.residual_scale == 0.1
+    assert block.rd_channels == 64 and block.out_channels == 256
+    assert isinstance(block.shortcut, nn.Identity)
+    # Branch i: 1x1 bottleneck, i stacked 3x3 (kernel 1, 3, 5), then 3x3 at rate r_i.
+    expected = [
+        [((1, 1), (1, 1)), ((3, 3), (1, 1))],
+        [((1, 1), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (3, 3))],
+        [((1, 1), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (1, 1)), ((3, 3), (5, 5))],
+    ]
+    for branch, exp in zip(block.branches, expected):
+        convs = _convs(branch)
+        assert [(c.kernel_size, c.dilation) for c in convs] == exp
+        assert convs[0].in_channels == 256
+        assert all(c.out_channels == 64 and c.stride == (1, 1) for c in convs)
+        # conv-BN-ReLU in every branch layer
+        assert all(isinstance(m.bn, nn.BatchNorm2d) and isinstance(m.activate, nn.ReLU)
+                   for m in branch)
+    # Fusing 1x1: linear (BN, no activation) before the sum; ReLU after it.
+    assert block.fuse.conv.kernel_size == (1, 1) and block.fuse.conv.in_channels == 3 * 64
+    assert not block.fuse.with_activation and isinstance(block.fuse.bn, nn.BatchNorm2d)
+    assert isinstance(block.act, nn.ReLU)
+    assert block.receptive_fields == (3, 9, 15)
+    # No module or parameter shared between branches or levels.
+    params = list(RFB([16, 16]).parameters())
+    assert len({id(p) for p in params}) == len(params)
+
+
+def test_rd_channels_and_rd_divisor():
+    assert RFBBlock(256, rd_ratio=1 / 8).rd_channels == 32
+    assert RFBBlock(256, rd_channels=40).rd_channels == 40
+    assert RFBBlock(100, rd_divisor=8).rd_channels == 24
+    assert RFBBlock(2).rd_channels == 1
+
+
+def test_parameter_counts_at_256():
+    assert sum(p.numel() for p in RFBBlock(256).parameters()) == 321_152
+    assert sum(p.numel() for p in RFB([256] * 5).parameters()) == 5 * 321_152
+
+
+def test_shortcut_projection_when_channels_change():
+    block = RFBBlock(32, 16)
+    assert isinstance(block.shortcut, ConvModule)
+    assert block.shortcut.conv.kernel_size == (1, 1) and not block.shortcut.with_activation
+    assert isinstance(RFBBlock(16, 16).shortcut, nn.Identity)
+
+
+# --------------------------------------------------------------------------- receptive fields
+
+
+@pytest.mark.parametrize('dilations', [(1, 3, 5), (1, 2, 3), (1, 3, 5, 7)])
+def test_branch_impulse_response_is_the_full_receptive_field(dilations):
+    # Paper: branch i is a (2i+1)x(2i+1) kernel then a 3x3 at rate r_i, i.e. an RF of
+    # (2i+1) + 2 r_i. With r_i <= 2i+1 the dilated taps leave no holes.
+    block = _linear_positive_block(branch_dilations=dilations)
+    size, c = 41, 20
+    x = torch.zeros(1, 1, size, size)
+    x[0, 0, c, c] = 1.0
+    with torch.no_grad():
+        for i, (branch, r) in enumerate(zip(block.branches, dilations)):
+            rf = 2 * i + 1 + 2 * r
+            half = rf // 2
+            expected = torch.zeros(size, size, dtype=torch.bool)
+            expected[c - half:c + half + 1, c - half:c + half + 1] = True
+            assert torch.equal(_support(branch(x)), expected), (i, r, rf)
+        # The whole linear block: the widest branch's field (15x15 for the paper's block).
+        half = max(block.receptive_fields) // 2
+        support = _support(block(x))
+        assert support.sum() == (2 * half + 1) ** 2
+        assert support[c - half:c + half + 1, c - half:c + half + 1].all()
+
+
+def test_paper_receptive_fields_are_3_9_15():
+    block = _linear_positive_block()
+    x = torch.zeros(1, 1, 31, 31)
+    x[0, 0, 15, 15] = 1.0
+    with torch.no_grad():
+        sides = [int(_support(b(x)).any(dim=0).sum()) for b in block.branches]
+    assert sides == [3, 9, 15] == list(block.receptive_fields)
+
+
+def test_rate_above_kernel_size_leaves_holes():
+    # Why the paper pairs rate r with kernel k = r: a rate-5 3x3 after a 3x3 kernel
+    # (k = 3 < r) samples 3 columns out of every 5.
+    block = _linear_positive_block(branch_dilations=(1, 5))
+    x = torch.zeros(1, 1, 31, 31)
+    x[0, 0, 15, 15] = 1.0
+    with torch.no_grad():
+        row = _support(block.branches[1](x))[15]
+    assert row.nonzero().flatten().tolist() == [9, 10, 11, 14, 15, 16, 19, 20, 21]
+
+
+def test_residual_scale_multiplies_the_branches_not_the_shortcut():
+    a = randomize_(RFBBlock(8, act_cfg=None, residual_scale=0.1))
+    b = RFBBlock(8, act_cfg=None, residual_scale=0.3)
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.randn(2, 8, 6, 7)
+    with torch.no_grad():
+        fa, fb = (a(x) - x) / 0.1, (b(x) - x) / 0.3
+    torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
+    assert fa.abs().max() > 1e-2
+
+
+def test_forward_matches_the_paper_equation():
+    block = randomize_(RFBBlock(12, 8, residual_scale=0.2)).eval()
+    x = torch.randn(2, 12, 9, 8)
+    with torch.no_grad():
+        cat = torch.cat([br(x) for br in block.branches], dim=1)
+        ref = torch.relu(block.shortcut(x) + 0.2 * block.fuse(cat))
+        torch.testing.assert_close(block(x), ref)
+    assert (block(x) >= 0).all()
+
+
+# --------------------------------------------------------------------------- shapes, grads
+
+
+@pytest.mark.parametrize('shape', [(1, 16, 7, 9), (2, 16, 1, 1), (1, 16, 2, 3), (3, 16, 16, 15),
+                                   (2, 16, 5, 33)])
+def test_block_shape_preserved(shape, device):
+    block = randomize_(RFBBlock(16)).to(device)
+    x = torch.randn(shape, device=device)
+    out = block(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_batch_one_one_by_one_in_eval_mode(device):
+    block = RFBBlock(16).to(device).eval()
+    out = block(torch.randn(1, 16, 1, 1, device=device))
+    assert out.shape == (1, 16, 1, 1) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('c_in, c_out', [(32, 16), (16, 48)])
+def test_block_channel_change(c_in, c_out, device):
+    block = randomize_(RFBBlock(c_in, c_out)).to(device)
+    out = block(torch.randn(1, c_in, 11, 7, device=device))
+    assert out.shape == (1, c_out, 11, 7) and torch.isfinite(out).all()
+
+
+def test_neck_levels_subset_pass_through_unchanged(device):
+    neck = RFB([16, 16, 8, 8], out_channels=24, levels=[0, 2]).to(device)
+    assert neck.out_channels == [24, 16, 24, 8] and sorted(neck.blocks.keys()) == ['0', '2']
+    feats = (torch.randn(1, 16, 16, 15, device=device), torch.randn(1, 16, 8, 7, device=device),
+             torch.randn(1, 8, 4, 3, device=device), torch.randn(1, 8, 2, 1, device=device))
+    outs = neck(feats)
+    assert isinstance(outs, tuple) and len(outs) == 4
+    assert [tuple(o.shape) for o in outs] == [(1, 24, 16, 15), (1, 16, 8, 7), (1, 24, 4, 3),
+                                              (1, 8, 2, 1)]
+    assert outs[1] is feats[1] and outs[3] is feats[3]
+
+
+def test_neck_per_level_out_channels():
+    neck = RFB([32, 16, 8], out_channels=[16, 16, 8])
+    outs = neck((torch.randn(2, 32, 8, 8), torch.randn(2, 16, 4, 4), torch.randn(2, 8, 2, 2)))
+    assert [o.shape[1] for o in outs] == [16, 16, 8]
+    assert isinstance(neck.blocks['0'].shortcut, ConvModule)
+    assert isinstance(neck.blocks['1'].shortcut, nn.Identity)
+
+
+def test_neck_passes_block_arguments_to_every_block():
+    neck = RFB([16, 32], branch_dilations=(1, 2), residual_scale=0.25, rd_channels=4,
+               norm_cfg=dict(type='GN', num_groups=2), act_cfg=dict(type='SiLU'))
+    for block in neck.blocks.values():
+        assert block.branch_dilations == (1, 2) and block.residual_scale == 0.25
+        assert block.rd_channels == 4 and len(block.branches) == 2
+        assert isinstance(block.fuse.gn, nn.GroupNorm) and isinstance(block.act, nn.SiLU)
+    # Each block got its own copy of the configs.
+    assert neck.blocks['0'].branches[0][0].norm_cfg is not neck.blocks['1'].branches[0][0].norm_cfg
+
+
+def test_block_gradients_reach_every_parameter(device):
+    block = randomize_(RFBBlock(16, 8)).to(device)  # projection shortcut too
+    x = torch.randn(2, 16, 9, 7, device=device, requires_grad=True)
+    assert_grads_reach_every_parameter(block, x)
+
+
+def test_neck_gradients_reach_every_parameter(device):
+    neck = randomize_(RFB([16, 8, 8], out_channels=[8, 8, 8], levels=[0, 2])).to(device)
+    sizes = ((16, 8), (8, 4), (8, 2))
+
+    class OneInput(nn.Module):  # the harness takes one tensor; split it into levels
+        def __init__(self):
+            super().__init__()
+            self.neck = neck
+
+        def forward(self, x):
+            return torch.cat([o.flatten(1) for o in self.neck(tuple(
+                x[:, i * 16:i * 16 + c, :s, :s + 1] for i, (c, s) in enumerate(sizes)))], dim=1)
+
+    x = torch.randn(2, 48, 8, 9, device=device, requires_grad=True)
+    assert_grads_reach_every_parameter(OneInput(), x)
+    # The passed-through level's gradient is the loss's own (d sum(x^2)/dx = 2x).
+    torch.testing.assert_close(x.grad[:, 16:24, :4, :5], 2 * x.detach()[:, 16:24, :4, :5])
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_low_precision_autocast_is_finite(dtype, device):
+    neck = RFB([32, 32]).to(device)
+    feats = (torch.randn(2, 32, 12, 11, device=device) * 30,
+             torch.randn(2, 32, 6, 5, device=device) * 30)
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        outs = neck(feats)
+    neck.eval()
+    with torch.no_grad():
+        refs = neck(feats)
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            outs_eval = neck(feats)
+    for o, oe, ref in zip(outs, outs_eval, refs):
+        # fp32 input + identity shortcut: the sum promotes to float32, as in a ResNet.
+        assert o.dtype in (dtype, torch.float32) and torch.isfinite(o).all()
+        torch.testing.assert_close(oe.float(), ref, rtol=5e-2, atol=0.5)
+
+
+# --------------------------------------------------------------------------- OpenMMLab
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_build_from_downstream_scope(scope):
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    else:
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    # The names are ours, not shadowed by anything mmdet/mmseg register.
+    assert MODELS.get('RFB') is RFB and MODELS.get('RFBBlock') is RFBBlock
+    with DefaultScope.overwrite_default_scope(scope):
+        neck = MODELS.build(dict(type='RFB', in_channels=[16, 16], levels=[1]))
+        block = MODELS.build(dict(type='RFBBlock', in_channels=16, out_channels=8))
+    assert isinstance(neck, RFB) and list(neck.blocks.keys()) == ['1']
+    assert isinstance(block, RFBBlock) and block.out_channels == 8
+
+
+def test_block_inside_another_neck():
+    class TwoLevel(BaseModule):
+        def __init__(self):
+            super().__init__(init_cfg=HOST_INIT_CFG)
+            self.lateral = nn.Conv2d(8, 16, 1)
+            self.norm = nn.BatchNorm2d(16)
+            self.rfb = RFBBlock(16)
+
+        def forward(self, x):
+            return self.rfb(self.norm(self.lateral(x)))
+
+    host = TwoLevel()
+    randomize_(host.rfb)
+    host.init_weights()
+    assert torch.all(host.norm.weight == 0.5)  # the host's init did run
+    bns = [m for m in host.rfb.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
+    w = host.rfb.branches[2][-1].conv.weight  # He normal: std sqrt(2 / fan_out)
+    assert abs(w.std().item() / math.sqrt(2 / (w.shape[0] * 9)) - 1) < 0.3
+    assert host(torch.randn(2, 8, 6, 5)).shape == (2, 16, 6, 5)
+
+
+def test_neck_init_weights_survive_host_init():
+    neck = RFB([16, 16], init_cfg=HOST_INIT_CFG)
+    randomize_(neck)
+    neck.init_weights()
+    for block in neck.blocks.values():
+        for m in block.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+            if isinstance(m, nn.Conv2d):
+                assert m.bias is None  # conv + BN: no conv bias
+
+
+def test_after_mmdet_yolov3_neck():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    # YOLOV3Neck's [512, 256, 128] outputs, scaled down 16x.
+    neck = MODELS.build([
+        dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16],
+             out_channels=[32, 16, 8]),
+        dict(type='RFB', in_channels=[32, 16, 8]),
+    ])
+    # Backbone order (shallow first); YOLOV3Neck's in_channels list it deepest first.
+    feats = (torch.randn(2, 16, 12, 12), torch.randn(2, 32, 6, 6), torch.randn(2, 64, 3, 3))
+    outs = neck(feats)
+    assert [tuple(o.shape) for o in outs] == [(2, 32, 3, 3), (2, 16, 6, 6), (2, 8, 12, 12)]
+
+
+def _tiny_faster_rcnn(rfb_levels=None):
+    ch = 16
+    return ConfigDict(
+        type='FasterRCNN',
+        data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
+                               pad_size_divisor=32),
+        backbone=dict(type='ResNet', depth=18, base_channels=8, num_stages=4,
+                      out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
+                      style='pytorch'),
+        neck=[
+            dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=ch, num_outs=5),
+            dict(type='RFB', in_channels=[ch] * 5, levels=rfb_levels),
+        ],
+        rpn_head=dict(
+            type='RPNHead', in_channels=ch, feat_channels=ch,
+            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                                  strides=[4, 8, 16, 32, 64]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
+                            target_stds=[1.0] * 4),
+            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        roi_head=dict(
+            type='StandardRoIHead',
+            bbox_roi_extractor=dict(type='SingleRoIExtractor',
+                                    roi_layer=dict(type='RoIAlign', output_size=7,
+                                                   sampling_ratio=0),
+                                    out_channels=ch, featmap_strides=[4, 8, 16, 32]),
+            bbox_head=dict(
+                type='Shared2FCBBoxHead', in_channels=ch, fc_out_channels=32, roi_feat_size=7,
+                num_classes=3,
+                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
+                                target_stds=[0.1, 0.1, 0.2, 0.2]),
+                reg_class_agnostic=False,
+                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3,
+                                   min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),
+                     sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5,
+                                  neg_pos_ub=-1, add_gt_as_proposals=False),
+                     allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=200, max_per_img=100,
+                              nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
+                                    min_pos_iou=0.5, match_low_quality=False,
+                                    ignore_iof_thr=-1),
+                      sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25,
+                                   neg_pos_ub=-1, add_gt_as_proposals=True),
+                      pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
+                     min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                      max_per_img=20)))
+
+
+def _tiny_batch(n=2, size=64):
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(0)
+    inputs, samples = [], []
+    for i in range(n):
+        inputs.append(torch.randint(0, 256, (3, size, size - 8 * i), generator=gen,
+                                    dtype=torch.uint8))
+        s = DetDataSample(metainfo=dict(img_shape=(size, size - 8 * i),
+                                        ori_shape=(size, size - 8 * i), scale_factor=(1., 1.)))
+        boxes = torch.tensor([[4., 6., 40., 50.], [20., 8., 50., 30.]])
+        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 2]))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def test_faster_rcnn_with_fpn_then_rfb_loss_mode():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(_tiny_faster_rcnn(rfb_levels=[0, 1, 2, 3]))
+    model.init_weights()
+    # The detector's init (FPN's Xavier) leaves RFB with its own init.
+    rfb = model.neck[1]
+    assert isinstance(rfb, RFB) and sorted(rfb.blocks.keys()) == ['0', '1', '2', '3']
+    assert all(torch.all(m.weight == 1) for m in rfb.modules() if isinstance(m, nn.BatchNorm2d))
+    model.train()
+    data = model.data_preprocessor(_tiny_batch(), training=True)
+    losses = model(**data, mode='loss')
+    assert {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'} <= set(losses)
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v)
+                for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    for name, p in rfb.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert rfb.blocks['0'].branches[2][-1].conv.weight.grad.abs().sum() > 0
+    # Inference on the same model still runs end to end.
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(_tiny_batch(n=1), training=False),
+                        mode='predict')
+    assert len(results) == 1 and hasattr(results[0], 'pred_instances')
