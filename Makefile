@@ -2,7 +2,7 @@
 # environment first (idempotent: seconds when nothing changed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_CONFIG ?= configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py
+DEMO_CONFIG ?= configs/faster_rcnn_r50_dcn_asff_demo_coco-shapes.py
 DEMO_WORK_DIR ?= work_dirs/demo
 PYTEST_ARGS ?=
 

@@ -147,3 +147,60 @@ def test_tools_on_an_mmseg_config(tmp_path):
         assert len(pickle.load(f)) == 2
     drawn = [f for _, _, files in os.walk(tmp_path / 'vis') for f in files if f.endswith('.png')]
     assert len(drawn) == 2
+
+
+def _upstream_test_tool(package):
+    """Path of ``tools/test.py`` shipped inside the installed mmdet / mmseg package."""
+    mod = __import__(package)
+    path = osp.join(osp.dirname(mod.__file__), '.mim', 'tools', 'test.py')
+    assert osp.isfile(path), path
+    return path
+
+
+def _run_script(path, *args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, path, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_mmdet_own_test_script_evaluates_a_demo_checkpoint(trained, tmp_path):
+    """mmdet's tools/test.py, unchanged, on our demo config and checkpoint (custom_imports)."""
+    data_root, work_dir, _ = trained
+    code, out = _run_script(_upstream_test_tool('mmdet'), DEMO, osp.join(work_dir, 'epoch_1.pth'),
+                            '--work-dir', str(tmp_path), *_tiny(data_root, 1), cwd=str(tmp_path))
+    assert code == 0, out[-3000:]
+    assert 'coco/bbox_mAP' in out and 'coco/bbox_mAP_50' in out
+
+
+SEG_DEMO = osp.join(ROOT, 'configs/sge/deeplabv3_r50-d8-sge_demo_cityscapes-shapes.py')
+
+
+def _tiny_seg(data_root, iters):
+    return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1',
+            'param_scheduler.0.end=1', 'param_scheduler.1.begin=1', f'param_scheduler.1.end={iters}',
+            'model.data_preprocessor.size=(64,128)',
+            f'train_dataloader.dataset.data_root={data_root}', 'train_dataloader.dataset.indices=4',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False',
+            f'val_dataloader.dataset.data_root={data_root}', 'val_dataloader.dataset.indices=2',
+            'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
+            f'test_dataloader.dataset.data_root={data_root}', 'test_dataloader.dataset.indices=2',
+            'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False']
+
+
+@pytest.mark.slow
+def test_mmseg_own_test_script_evaluates_a_demo_checkpoint(tmp_path):
+    """Our train.py on the DeepLabV3 + SGE demo twin, then mmseg's tools/test.py, unchanged."""
+    data_root = f'{tmp_path}/cityscapes_shapes/'
+    work_dir = str(tmp_path / 'work')
+    code, out = _tool('train.py', SEG_DEMO, '--work-dir', work_dir, *_tiny_seg(data_root, 2))
+    assert code == 0, out[-3000:]
+    assert 'generating the embedded demo set' in out
+    code, out = _run_script(_upstream_test_tool('mmseg'), SEG_DEMO,
+                            osp.join(work_dir, 'iter_2.pth'), '--work-dir', str(tmp_path / 'eval'),
+                            *_tiny_seg(data_root, 2), cwd=str(tmp_path))
+    assert code == 0, out[-3000:]
+    assert 'mIoU' in out and 'aAcc' in out

@@ -23,8 +23,8 @@ DEMO_DATASETS = {
 }
 _MARKER = '.mmplug_demo.json'
 _DEMO_HINT = ('To try mmplug without it, run the demo on the embedded data: `make demo`, or '
-              '`python tools/train.py configs/sge/'
-              'faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py`.')
+              'the demo twin of a config (same folder, `_demo_` in its name), e.g. '
+              '`python tools/train.py configs/faster_rcnn_r50_dcn_asff_demo_coco-shapes.py`.')
 
 
 def ensure_demo_dataset(root):
