@@ -1,4 +1,5 @@
-"""DCNv2UnitMask: the plain conv at init (mask 2*sigmoid), grads, mmdet ResNet dcn=.
+"""DCNv2UnitMask: the plain conv at init (mask 2*sigmoid), grads, mmdet ResNet dcn=;
+the plain-PyTorch modulated deformable conv against mmcv's compiled op.
 
 mmcv's deformable ops run on CPU (slowly): the tensors here are small.
 """
@@ -9,9 +10,12 @@ from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, mmdet_re
 from _harness import randomize_
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmcv.ops import ModulatedDeformConv2dPack
+from mmcv.ops import modulated_deform_conv2d as mmcv_modulated_deform_conv2d
 from mmengine.registry import DefaultScope
+from torch.nn.modules.utils import _pair
 
 from mmplug.conv.dcn import DCNv2UnitMask
+from mmplug.conv.modulated_deform_conv import modulated_deform_conv2d
 
 
 @pytest.mark.parametrize('kwargs, words', [
@@ -24,6 +28,7 @@ from mmplug.conv.dcn import DCNv2UnitMask
     (dict(in_channels=8, out_channels=8, kernel_size=3, deform_groups=3),
      ['deform_groups', '3', '8']),
     (dict(in_channels=8, out_channels=8, kernel_size=3, bias='auto'), ['bias', 'auto']),
+    (dict(in_channels=8, out_channels=8, kernel_size=3, impl='cuda'), ['impl', 'cuda', 'torch']),
 ])
 def test_invalid_arguments(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -98,14 +103,20 @@ def test_gradients_reach_every_parameter(device):
     assert torch.isfinite(fresh.conv_offset.weight.grad).all()
 
 
-def test_cpu_autocast_fp16_finite_bf16_refused_by_mmcv_kernel():
+def test_cpu_autocast_fp16_and_bf16_on_the_torch_path():
     # mmcv casts input, weight and mask to the offset's dtype (autocast makes the offset
-    # conv's output low precision). Its CPU kernel (mmcv 2.1.0) dispatches float16 but
-    # not bfloat16: documented, not worked around.
+    # conv's output low precision); the torch path returns that dtype too, but samples in
+    # float32, and takes bfloat16, which mmcv 2.1.0's CPU kernel refuses.
     dcn = DCNv2UnitMask(8, 8, 3, padding=1)
     torch.nn.init.normal_(dcn.conv_offset.weight, std=0.1)
     x = torch.randn(2, 8, 7, 6) * 10
     ref = dcn(x)
+    for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 5e-2)):
+        with torch.autocast(device_type='cpu', dtype=dtype):
+            out = dcn(x)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * 10)
+    dcn.impl = 'mmcv'
     with torch.autocast(device_type='cpu', dtype=torch.float16):
         out = dcn(x)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
@@ -181,3 +192,152 @@ def test_mmseg_resnetv1c_dilated_dcn_stages():
     dcn = model.layer4[0].conv2
     assert isinstance(dcn, DCNv2UnitMask) and dcn.dilation == (4, 4) and dcn.padding == (4, 4)
     assert model(torch.randn(1, 3, 33, 31))[0].shape == (1, 2048, 5, 4)
+
+
+# ---- the plain-PyTorch op against mmcv's compiled op ----
+
+def _op_inputs(n, c, c_out, size, k, stride, padding, dilation, groups, dg, offsets, device,
+               dtype=torch.float32, seed=0):
+    """Random input/offset/mask/weight/bias for one modulated deformable conv.
+
+    ``offsets``: a float scale for normal offsets, or ``'int'`` for integer offsets
+    in [-3, 3] (sampling points on the pixel grid and on the -1 / H / W lines).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    (h, w), (kh, kw) = size, _pair(k)
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if offsets == 'int':
+        offset = torch.randint(-3, 4, (n, 2 * dg * kh * kw, ho, wo), generator=gen).to(dtype)
+    else:
+        offset = torch.randn(n, 2 * dg * kh * kw, ho, wo, generator=gen, dtype=dtype) * offsets
+    tensors = [torch.randn(n, c, h, w, generator=gen, dtype=dtype), offset,
+               torch.rand(n, dg * kh * kw, ho, wo, generator=gen, dtype=dtype),
+               torch.randn(c_out, c // groups, kh, kw, generator=gen, dtype=dtype) * 0.3,
+               torch.randn(c_out, generator=gen, dtype=dtype)]
+    tensors = [t.to(device).requires_grad_() for t in tensors]
+    return tensors, (_pair(stride), _pair(padding), _pair(dilation), groups, dg)
+
+
+def _forward_backward(op, tensors, args, seed=1):
+    out = op(*tensors, *args)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    grads = torch.autograd.grad(out, tensors, grad_out.to(out.device))
+    return out, grads
+
+
+def _rel_err(ours, ref):
+    """Max abs difference over the reference's max abs value (at least 1)."""
+    return ((ours - ref).abs().max() / ref.abs().max().clamp_min(1)).item()
+
+
+#: (N, C, C_out, (H, W), kernel, stride, padding, dilation, groups, deform_groups, offsets)
+OP_CASES = [
+    (2, 4, 6, (7, 9), 3, 1, 1, 1, 1, 1, 1.5),
+    (1, 4, 6, (9, 7), 3, 2, 1, 1, 1, 2, 3.0),
+    (2, 8, 4, (10, 11), 3, 1, 2, 2, 2, 1, 2.0),
+    (1, 8, 8, (5, 6), 3, 2, 2, 2, 2, 2, 8.0),  # large offsets: many points outside
+    (2, 4, 4, (16, 8), (1, 3), (2, 1), (0, 1), 1, 1, 1, 1.0),  # power-of-two sizes
+    (1, 4, 2, (1, 1), 3, 1, 1, 1, 1, 1, 0.7),  # 1x1 map
+    (2, 4, 6, (7, 9), 3, 1, 1, 1, 1, 2, 'int'),  # integer points: the bilinear kinks
+    (1, 4, 4, (6, 5), 3, 2, 1, 2, 2, 2, 'int'),
+    (2, 4, 6, (7, 9), 3, 1, 1, 1, 1, 1, 0.0),  # zero offsets (DCNv2UnitMask at init)
+]
+
+
+@pytest.mark.parametrize('case', OP_CASES)
+def test_torch_op_matches_mmcv_forward_and_gradients(case, device):
+    tensors, args = _op_inputs(*case, device=device)
+    out, grads = _forward_backward(modulated_deform_conv2d, tensors, args)
+    ref, ref_grads = _forward_backward(mmcv_modulated_deform_conv2d, tensors, args)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert _rel_err(out, ref) < 1e-5
+    for name, grad, ref_grad in zip(['input', 'offset', 'mask', 'weight', 'bias'], grads,
+                                    ref_grads):
+        assert _rel_err(grad, ref_grad) < 1e-5, name
+
+
+def test_torch_op_far_outside_samples_zero_with_no_offset_gradient():
+    tensors, args = _op_inputs(1, 4, 3, (6, 7), 3, 1, 1, 1, 1, 1, 1.0, device='cpu')
+    with torch.no_grad():
+        tensors[1].copy_(torch.where(torch.rand(tensors[1].shape) < 0.5, -1e4, 1e6))
+    out, grads = _forward_backward(modulated_deform_conv2d, tensors, args)
+    ref, ref_grads = _forward_backward(mmcv_modulated_deform_conv2d, tensors, args)
+    bias = tensors[4].detach().view(1, -1, 1, 1).expand_as(out)
+    assert torch.equal(out, bias) and torch.equal(ref, bias)
+    for grad, ref_grad in zip(grads[:3], ref_grads[:3]):  # input, offset, mask
+        assert torch.count_nonzero(grad) == 0 and torch.count_nonzero(ref_grad) == 0
+
+
+def test_torch_op_gradcheck_float64():
+    tensors, args = _op_inputs(1, 4, 2, (4, 5), 3, 1, 1, 1, 2, 2, 1.3, device='cpu',
+                               dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda *t: modulated_deform_conv2d(*t, *args), tensors)
+
+
+def test_torch_op_without_bias_and_shape_errors():
+    tensors, args = _op_inputs(1, 4, 6, (7, 9), 3, 1, 1, 1, 1, 1, 1.0, device='cpu')
+    x, offset, mask, weight, bias = tensors
+    no_bias = modulated_deform_conv2d(x, offset, mask, weight, None, *args)
+    torch.testing.assert_close(no_bias + bias.view(1, -1, 1, 1),
+                               modulated_deform_conv2d(x, offset, mask, weight, bias, *args))
+    with pytest.raises(ValueError, match='offset'):
+        modulated_deform_conv2d(x, offset[:, :-2], mask, weight, bias, *args)
+    with pytest.raises(ValueError, match='too small'):
+        modulated_deform_conv2d(x[..., :1, :1], offset, mask, weight, bias, 1, 0)
+    with pytest.raises(ValueError, match='groups'):
+        modulated_deform_conv2d(x, offset, mask, weight[:, :3], bias, *args)
+
+
+def test_torch_op_takes_channels_last_and_non_contiguous_tensors():
+    tensors, args = _op_inputs(2, 4, 6, (9, 17), 3, 1, 1, 1, 1, 2, 1.5, device='cpu')
+    ref = modulated_deform_conv2d(*tensors, *args)
+    x, offset, mask, weight, bias = (t.detach() for t in tensors)
+    out = modulated_deform_conv2d(x.to(memory_format=torch.channels_last),
+                                  offset.transpose(2, 3).contiguous().transpose(2, 3),
+                                  mask.to(memory_format=torch.channels_last),
+                                  weight.to(memory_format=torch.channels_last), bias, *args)
+    torch.testing.assert_close(out, ref)
+
+
+def test_module_backends_agree():
+    torch_dcn = randomize_(DCNv2UnitMask(4, 6, 3, stride=2, padding=1, deform_groups=2,
+                                         impl='torch'), scale=0.3)
+    mmcv_dcn = DCNv2UnitMask(4, 6, 3, stride=2, padding=1, deform_groups=2, impl='mmcv')
+    mmcv_dcn.load_state_dict(torch_dcn.state_dict())
+    x = torch.randn(2, 4, 9, 8, requires_grad=True)
+    outs = []
+    for dcn in (torch_dcn, mmcv_dcn):
+        x.grad = None
+        out = dcn(x)
+        out.square().sum().backward()
+        outs.append((out, x.grad, {n: p.grad for n, p in dcn.named_parameters()}))
+    (out, grad, grads), (ref, ref_grad, ref_grads) = outs
+    assert _rel_err(out, ref) < 1e-5 and _rel_err(grad, ref_grad) < 1e-5
+    assert list(grads) == list(ref_grads) == ['weight', 'bias', 'conv_offset.weight',
+                                              'conv_offset.bias']
+    for name in grads:
+        assert _rel_err(grads[name], ref_grads[name]) < 1e-5, name
+
+
+def test_auto_uses_torch_on_cpu_and_mmcv_elsewhere():
+    dcn = DCNv2UnitMask(4, 4, 3, padding=1)
+    assert dcn.impl == 'auto'
+    assert dcn._deform_conv(torch.zeros(1)) is modulated_deform_conv2d
+    assert dcn._deform_conv(torch.zeros(1, device='meta')) is mmcv_modulated_deform_conv2d
+    dcn.impl = 'mmcv'
+    assert dcn._deform_conv(torch.zeros(1)) is mmcv_modulated_deform_conv2d
+    dcn.impl = 'torch'
+    assert dcn._deform_conv(torch.zeros(1, device='meta')) is modulated_deform_conv2d
+    built = build_conv_layer(dict(type='DCNv2UnitMask', impl='mmcv'), 4, 4, 3, padding=1)
+    assert built.impl == 'mmcv'
+
+
+def test_torch_path_exports_with_torch_export():
+    if not hasattr(torch, 'export'):
+        pytest.skip('torch.export needs torch >= 2.1')
+    dcn = randomize_(DCNv2UnitMask(4, 6, 3, padding=1, impl='torch'), scale=0.3).eval()
+    x = torch.randn(2, 4, 7, 9)
+    exported = torch.export.export(dcn, (x, ))
+    x = torch.randn(2, 4, 7, 9)
+    torch.testing.assert_close(exported.module()(x), dcn(x))

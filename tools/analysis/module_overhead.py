@@ -21,7 +21,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmplug  # noqa: F401  registers every module
-from mmplug.conv import DCNv2UnitMask
+from mmplug.conv.modulated_deform_conv import \
+    modulated_deform_conv2d as torch_modulated_deform_conv2d
+
+try:
+    from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
+except ImportError:  # mmcv without ops: no deformable conv can be built
+    DEFORM_CONVS = ()
+else:
+    #: mmcv's deformable convs (and subclasses: the packs, DCNv2UnitMask) run
+    #: outside aten, so FlopCounterMode sees only their offset conv.
+    DEFORM_CONVS = (DeformConv2d, ModulatedDeformConv2d)
 
 
 def _plugin(cfg, stages, position):
@@ -63,23 +73,40 @@ def build_resnet50(**kwargs):
     return model
 
 
-def count(model, size):
-    """Return (params, MACs) of one forward pass at ``size`` (H, W)."""
-    params = sum(p.numel() for p in model.parameters())
+def count_macs(model, forward):
+    """Return (MACs, deformable-conv MACs) of ``forward()``, a call that runs ``model``.
+
+    MACs are FlopCounterMode's FLOPs / 2 plus, for every deformable conv of
+    ``model`` (``DEFORM_CONVS``) that runs an mmcv op, which FlopCounterMode
+    misses, the MACs of the dense conv it computes: ``N * H_out * W_out * C_out * C_in / groups * kh * kw``.
+    The second value is that added part alone.
+    """
     dcn_macs = []
 
     def dcn_hook(module, inputs, output):
+        select = getattr(module, '_deform_conv', None)  # DCNv2UnitMask: torch path on CPU
+        if select is not None and select(inputs[0]) is torch_modulated_deform_conv2d:
+            return  # its dense conv is an aten conv that FlopCounterMode already counts
         kh, kw = module.kernel_size
         dcn_macs.append(output.numel() * module.in_channels // module.groups * kh * kw)
 
     hooks = [m.register_forward_hook(dcn_hook) for m in model.modules()
-             if isinstance(m, DCNv2UnitMask)]
+             if isinstance(m, DEFORM_CONVS)]
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.randn(1, 3, *size))
-    for h in hooks:
-        h.remove()
-    return params, counter.get_total_flops() // 2 + sum(dcn_macs)
+    try:
+        with torch.no_grad(), counter:
+            forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counter.get_total_flops() // 2 + sum(dcn_macs), sum(dcn_macs)
+
+
+def count(model, size):
+    """Return (params, MACs) of one forward pass at ``size`` (H, W)."""
+    params = sum(p.numel() for p in model.parameters())
+    macs, _ = count_macs(model, lambda: model(torch.randn(1, 3, *size)))
+    return params, macs
 
 
 def main():

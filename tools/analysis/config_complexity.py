@@ -1,0 +1,312 @@
+"""Params and MACs of mmdet/mmseg configs against the OpenMMLab config each one modifies.
+
+For each config the tool finds its *baseline*: the first ``mmdet::`` or
+``mmseg::`` entry met walking ``_base_`` depth-first, through local base files,
+in the order they are listed. It builds both models on the CPU with random
+weights (no checkpoint is read or downloaded: ``init_cfg`` and ``pretrained``
+are removed and ``init_weights()`` is never called; SyncBN becomes BN), runs one
+image through backbone, neck and heads in ``mode='tensor'`` and prints a
+markdown table: params, multiply-accumulates (GMACs, the unit mmdet's and the
+papers' "GFLOPs" are counted in) and both as differences to the baseline.
+Each baseline is measured once, however many configs share it.
+
+Inputs are ``1x3xHxW`` random tensors, H and W divisible by 32: by default
+800x1344 for detection (``default_scope='mmdet'``) and 512x1024 for
+segmentation (``'mmseg'``); ``--shape H W`` sets both. MACs are counted as in
+``module_overhead.py`` (FlopCounterMode plus the dense-conv MACs of mmcv's
+deformable convs, which run outside aten); the footnotes of the table say what
+is and is not counted.
+
+A folder argument takes every ``*.py`` under it, recursively, except demo twins
+(``*_demo_*``) and ``_base_`` folders (partial configs).
+
+    python tools/analysis/config_complexity.py configs/                 # every real config
+    python tools/analysis/config_complexity.py configs/sge/*_1x_coco.py --out t.md --json t.json
+    python tools/analysis/config_complexity.py configs/ --shape 128 128  # quick run
+"""
+import argparse
+import importlib
+import json
+import os
+import os.path as osp
+import sys
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+# a sibling script (on sys.path when this one runs); importing it registers mmplug
+from module_overhead import count_macs
+
+#: default_scope -> (task, data sample class in ``<scope>.structures``, default H, W)
+SCOPES = {
+    'mmdet': ('detection', 'DetDataSample', (800, 1344)),
+    'mmseg': ('segmentation', 'SegDataSample', (512, 1024)),
+}
+BASE_PREFIXES = tuple(f'{scope}::' for scope in SCOPES)
+
+#: Footnotes of the table: always the first, the others where a row needs them.
+FOOTNOTES = dict(
+    all='MACs: `torch.utils.flop_counter.FlopCounterMode` FLOPs / 2 (aten conv, matmul, '
+    'attention); elementwise ops, pooling, normalisation, interpolation, RoIAlign and NMS '
+    'are not counted, as in fvcore/mmengine counters. Params: all parameters of the built '
+    'inference model. Random weights, batch 1, eval mode, CPU.',
+    detection='Detectors: backbone, neck and heads (`mode=\'tensor\'`). In two-stage '
+    'detectors the RPN\'s NMS is switched off (IoU threshold 1.0) so that the RoI head gets '
+    '`test_cfg.rpn.max_per_img` proposals, the count trained weights normally reach; with '
+    'random weights NMS would keep a random number.',
+    segmentation='Segmentors: backbone, neck and decode head; the auxiliary head (training '
+    'only) is neither run nor counted in params, as in mmseg\'s `get_flops.py`.',
+    deform='`*`: MACs include deformable convs (mmcv `DeformConv2d`/`ModulatedDeformConv2d` '
+    'and subclasses such as `DCNv2UnitMask`) counted as their dense conv, '
+    '`H_out * W_out * C_out * C_in / groups * k * k`, through forward hooks: FlopCounterMode '
+    'does not see mmcv ops (their offset convs are counted by it); bilinear sampling is not '
+    'counted.',
+)
+
+
+def find_configs(paths):
+    """Config files of ``paths``: files as given, folders walked recursively.
+
+    In a folder, demo twins (``_demo_`` in the file name) and everything under a
+    ``_base_`` folder are skipped. Order: as given, each folder sorted; no duplicates.
+    """
+    found = []
+    for path in paths:
+        if osp.isfile(path):
+            found.append(path)
+        elif osp.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d != '_base_' and not d.startswith('.'))
+                found += [osp.join(root, f) for f in sorted(files)
+                          if f.endswith('.py') and '_demo_' not in f]
+        else:
+            raise FileNotFoundError(f'{path}: no such config file or folder')
+    return list(dict.fromkeys(osp.normpath(f) for f in found))
+
+
+def find_baseline(config_file):
+    """The first ``mmdet::``/``mmseg::`` base of ``config_file``, or None if it has none.
+
+    Walks ``_base_`` depth-first in listed order, following local base files.
+    """
+    # mmengine's own parser of a config's ``_base_`` (ast, no execution of the file)
+    for base in Config._get_base_files(config_file):
+        if base.startswith(BASE_PREFIXES):
+            return base
+        if '::' not in base:
+            found = find_baseline(osp.join(osp.dirname(config_file), base))
+            if found is not None:
+                return found
+    return None
+
+
+def load_config(config):
+    """Config of a file or of an OpenMMLab name (``mmdet::faster_rcnn/...py``)."""
+    if '::' in config:
+        config, _ = Config._get_cfg_path(config, '')  # the installed package's file
+    return Config.fromfile(config)
+
+
+def check_shape(shape):
+    """Raise ``ValueError`` unless ``shape`` is (H, W), positive and divisible by 32."""
+    if (len(shape) != 2 or not all(isinstance(s, int) and s > 0 and s % 32 == 0
+                                   for s in shape)):
+        raise ValueError(f'shape must be (H, W), positive and divisible by 32 (the FPN and '
+                         f'mmdet/mmseg padding stride), got {tuple(shape)}')
+
+
+def _strip_for_cpu(node):
+    """In place: no weights to load, no SyncBN (it needs a process group)."""
+    if isinstance(node, dict):
+        for key, value in list(node.items()):
+            if key == 'init_cfg':
+                node[key] = None
+            elif key == 'pretrained':
+                node[key] = False if isinstance(value, bool) else None
+            elif key == 'type' and isinstance(value, str) and value.endswith('SyncBN'):
+                node[key] = 'BN'  # SyncBN (torch) and MMSyncBN (mmcv)
+            else:
+                _strip_for_cpu(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _strip_for_cpu(value)
+
+
+def _scope_of(cfg, config):
+    scope = cfg.get('default_scope')
+    if scope is None and '::' in config:
+        scope = config.partition('::')[0]
+    if scope not in SCOPES:
+        raise ValueError(f'{config}: default_scope must be one of {sorted(SCOPES)} to know '
+                         f'which library builds the model, got {scope!r}')
+    return scope
+
+
+def build_model(config):
+    """Build the model of ``config`` (file or ``mmdet::``/``mmseg::`` name) in eval mode.
+
+    Returns ``(model, scope)``. Random weights: nothing is downloaded.
+    """
+    cfg = load_config(config)
+    scope = _scope_of(cfg, config)
+    model_cfg = cfg.model
+    _strip_for_cpu(model_cfg)
+    if scope == 'mmseg' and model_cfg.get('auxiliary_head') is not None:
+        model_cfg.auxiliary_head = None  # training only
+    rpn_nms = (model_cfg.get('test_cfg') or {}).get('rpn', {}).get('nms')
+    if rpn_nms is not None:
+        rpn_nms.iou_threshold = 1.0  # keep max_per_img proposals (FOOTNOTES)
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    models = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = models.build(model_cfg)
+    model.eval()
+    return model, scope
+
+
+def measure(model, scope, shape=None):
+    """Params and MACs of ``model`` (built by ``build_model``) on one ``1x3xHxW`` image.
+
+    Returns a dict: ``task``, ``shape`` [H, W], ``params``, ``macs`` (deformable
+    convs included) and ``deform_macs`` (the part added for deformable convs).
+    """
+    task, sample_name, default_shape = SCOPES[scope]
+    shape = tuple(shape or default_shape)
+    check_shape(shape)
+    sample_cls = getattr(importlib.import_module(f'{scope}.structures'), sample_name)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                scale_factor=(1.0, 1.0))
+    inputs = torch.randn(1, 3, *shape)
+    samples = [sample_cls(metainfo=meta)]
+    macs, deform_macs = count_macs(model, lambda: model(inputs, samples, mode='tensor'))
+    return dict(task=task, shape=list(shape), params=sum(p.numel() for p in model.parameters()),
+                macs=macs, deform_macs=deform_macs)
+
+
+def measure_config(config, shape=None):
+    """``measure`` of ``build_model(config)``, seeded: the same numbers every run."""
+    torch.manual_seed(0)
+    model, scope = build_model(config)
+    return measure(model, scope, shape)
+
+
+def _display_name(path):
+    rel = osp.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
+def _progress(items):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(len(items), file=sys.stderr)
+        for item in items:
+            yield item
+            bar.update()
+    else:
+        yield from tqdm(items, file=sys.stderr, unit='model')
+
+
+def run(configs, shape=None):
+    """Measure ``configs`` (files) and their baselines, each baseline once.
+
+    Returns a JSON-able dict: ``baselines`` {name: measurement} and ``configs``, a list
+    of measurements with ``config``, ``baseline`` and the differences to it (``d_params``,
+    ``d_params_pct``, ``d_macs``, ``d_macs_pct``; None without a baseline).
+    """
+    baseline_of = {config: find_baseline(config) for config in configs}
+    baselines = list(dict.fromkeys(b for b in baseline_of.values() if b is not None))
+    measured = {}
+    for job in _progress(baselines + list(configs)):
+        try:
+            measured[job] = measure_config(job, shape)
+        except Exception as err:
+            raise RuntimeError(f'measuring {job} failed: {err}') from err
+    rows = []
+    for config in configs:
+        row = dict(config=_display_name(config), baseline=baseline_of[config], **measured[config])
+        base = measured.get(row['baseline'])
+        for key in ('params', 'macs'):
+            diff = None if base is None else row[key] - base[key]
+            row[f'd_{key}'] = diff
+            row[f'd_{key}_pct'] = None if base is None else diff / base[key] * 100
+        rows.append(row)
+    return dict(baselines={b: measured[b] for b in baselines}, configs=rows)
+
+
+def _pct(value):
+    return f'{value:+.3g}%'
+
+
+def to_markdown(results):
+    """The table (baseline rows first, then the configs measured against them) and footnotes."""
+    rows = results['configs']
+    measured = list(results['baselines'].values()) + rows
+    shapes = {}
+    for row in measured:
+        shapes.setdefault(row['task'], row['shape'])
+    notes = ['all', *shapes, 'deform' if any(m['deform_macs'] for m in measured) else None]
+    lines = ['Params and MACs for one image, ' + ', '.join(
+        f'{task} 1x3x{h}x{w}' for task, (h, w) in shapes.items()) + '.', '',
+        '| config | baseline | params (M) | d params | GMACs | d GMACs |',
+        '| --- | --- | ---: | ---: | ---: | ---: |']
+
+    def line(name, baseline, m, d_params, d_macs):
+        star = '*' if m['deform_macs'] else ''
+        lines.append(f'| {name} | {baseline} | {m["params"] / 1e6:.2f} | {d_params} '
+                     f'| {m["macs"] / 1e9:.3f}{star} | {d_macs} |')
+
+    for name, m in results['baselines'].items():
+        line(name, '(baseline)', m, '-', '-')
+    for row in rows:
+        if row['baseline'] is None:
+            line(row['config'], '-', row, '-', '-')
+        else:
+            line(row['config'], row['baseline'], row,
+                 f'{row["d_params"]:+,} ({_pct(row["d_params_pct"])})',
+                 f'{row["d_macs"] / 1e9:+.3f} ({_pct(row["d_macs_pct"])})')
+    lines.append('')
+    lines += [f'{i}. {FOOTNOTES[note]}' for i, note in enumerate(filter(None, notes), 1)]
+    return '\n'.join(lines) + '\n'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('configs', nargs='+', metavar='CONFIG',
+                        help='config files or folders (walked recursively, demo twins skipped)')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input size for every config (default: detection 800 1344, '
+                             'segmentation 512 1024); divisible by 32')
+    parser.add_argument('--out', help='also write the markdown table to this file')
+    parser.add_argument('--json', help='also write every number to this JSON file')
+    args = parser.parse_args(argv)
+    if args.shape is not None:
+        try:
+            check_shape(tuple(args.shape))
+        except ValueError as err:
+            parser.error(str(err))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configs = find_configs(args.configs)
+    if not configs:
+        raise SystemExit(f'no configs found in {args.configs}')
+    results = run(configs, args.shape)
+    table = to_markdown(results)
+    print(table, end='')
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as f:
+            f.write(table)
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(results, f, indent=2)
+            f.write('\n')
+    return results
+
+
+if __name__ == '__main__':
+    main()
