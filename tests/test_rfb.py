@@ -398,12 +398,14 @@ def test_after_mmdet_yolov3_neck():
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
-    # YOLOV3Neck's [512, 256, 128] outputs, scaled down 16x.
-    neck = MODELS.build([
-        dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16],
-             out_channels=[32, 16, 8]),
-        dict(type='RFB', in_channels=[32, 16, 8]),
-    ])
+    # YOLOV3Neck's [512, 256, 128] outputs, scaled down 16x. The scope is set here: an earlier
+    # test may have left mmseg's as the global default.
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        neck = MODELS.build([
+            dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16],
+                 out_channels=[32, 16, 8]),
+            dict(type='RFB', in_channels=[32, 16, 8]),
+        ])
     # Backbone order (shallow first); YOLOV3Neck's in_channels list it deepest first.
     feats = (torch.randn(2, 16, 12, 12), torch.randn(2, 32, 6, 6), torch.randn(2, 64, 3, 3))
     outs = neck(feats)
