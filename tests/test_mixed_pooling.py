@@ -1,5 +1,6 @@
 """MPMBlock / MPM (SPNet's mixed pooling module): the paper's structure and equations, sizes
 below the bin grids, the long-range path's reach, the neck contract, OpenMMLab integration."""
+import doctest
 import importlib
 
 import pytest
@@ -10,6 +11,7 @@ from _harness import randomize_
 from mmengine.model import Sequential
 from mmengine.registry import DefaultScope
 
+from mmplug.necks import mixed_pooling
 from mmplug.necks.mixed_pooling import MPM, MPMBlock
 
 
@@ -60,7 +62,13 @@ def _reference_mpm(m, x):
     (dict(in_channels=16.0), ['in_channels', '16.0']),
     (dict(in_channels=True), ['in_channels', 'True']),
     (dict(in_channels=16, out_channels=0), ['out_channels', '0']),
-    (dict(in_channels=16, mid_channels=-2), ['mid_channels', '-2']),
+    (dict(in_channels=16, rd_channels=-2), ['rd_channels', '-2']),
+    (dict(in_channels=16, rd_channels=2.5), ['rd_channels', '2.5']),
+    (dict(in_channels=16, rd_ratio=0), ['rd_ratio', '(0, 1]', '0']),
+    (dict(in_channels=16, rd_ratio=1.5), ['rd_ratio', '1.5']),
+    (dict(in_channels=16, rd_ratio='1/4'), ['rd_ratio', "'1/4'"]),
+    (dict(in_channels=16, rd_ratio=True), ['rd_ratio', 'True']),
+    (dict(in_channels=16, rd_divisor=0), ['rd_divisor', '0']),
     (dict(in_channels=16, pool_sizes=()), ['pool_sizes', '()']),
     (dict(in_channels=16, pool_sizes=20), ['pool_sizes', '20']),
     (dict(in_channels=16, pool_sizes=(20, 0)), ['pool_sizes[1]', '0']),
@@ -88,7 +96,8 @@ def test_block_invalid_arguments(kwargs, words):
     (dict(in_channels=[8, 16], levels=[1], out_channels=[4, 16]), ['out_channels[0]', '4']),
     (dict(in_channels=[8, 16], out_channels=[4]), ['out_channels', '[4]']),
     (dict(in_channels=[8, 16], pool_sizes=(20, -1)), ['MPMBlock', 'pool_sizes[1]', '-1']),
-    (dict(in_channels=[8, 16], mid_channels=0), ['MPMBlock', 'mid_channels', '0']),
+    (dict(in_channels=[8, 16], rd_channels=0), ['MPMBlock', 'rd_channels', '0']),
+    (dict(in_channels=[8, 16], rd_ratio=2), ['MPMBlock', 'rd_ratio', '2']),
 ])
 def test_neck_invalid_arguments(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -97,9 +106,41 @@ def test_neck_invalid_arguments(kwargs, words):
         assert word in str(err.value)
 
 
-def test_neck_unknown_block_argument():
-    with pytest.raises(TypeError, match='pool_size'):
-        MPM([8, 16], pool_size=(4, 2))
+@pytest.mark.parametrize('kwargs, name', [(dict(pool_size=(4, 2)), "'pool_size'"),
+                                          (dict(mid_channels=4), "'mid_channels'"),
+                                          (dict(rd_ration=0.5), "'rd_ration'")])
+def test_neck_unknown_block_argument(kwargs, name):
+    # Named before any block is built, with the names that are accepted.
+    with pytest.raises(TypeError) as err:
+        MPM([8, 16], **kwargs)
+    assert str(err.value).startswith('MPM:') and name in str(err.value)
+    assert 'rd_ratio, rd_channels, rd_divisor, pool_sizes' in str(err.value)
+
+
+def test_block_old_mid_channels_and_positional_width_raise():
+    # The width was renamed to the package vocabulary (rd_ratio / rd_channels); an old config
+    # passing mid_channels fails loudly, and nothing after out_channels is positional.
+    with pytest.raises(TypeError, match='mid_channels'):
+        MPMBlock(16, mid_channels=4)
+    with pytest.raises(TypeError, match='positional'):
+        MPMBlock(16, 16, 4)
+
+
+def test_reduced_width_vocabulary():
+    # rd_ratio=1/4 is the paper's C / 4, rounded down and at least 1 (as the old default).
+    for c in list(range(1, 70)) + [255, 2048, 2049]:
+        assert MPMBlock(c, norm_cfg=None).rd_channels == max(c // 4, 1), c
+    assert MPMBlock(3).rd_channels == 1 and MPMBlock(3).expand.conv.in_channels == 2
+    assert MPMBlock(64, rd_ratio=1 / 8).rd_channels == 8
+    assert MPMBlock(64, rd_ratio=1.0).rd_channels == 64
+    m = MPMBlock(64, rd_ratio=0.5, rd_channels=6)  # rd_channels overrides the ratio
+    assert m.rd_channels == 6 and m.reduce_long.conv.out_channels == 6
+    assert MPMBlock(52, rd_divisor=8).rd_channels == 16  # 13 to the nearest multiple of 8
+    assert not hasattr(MPMBlock(16), 'mid_channels')
+    assert MPMBlock(3)(torch.randn(2, 3, 5, 4)).shape == (2, 3, 5, 4)
+    neck = MPM([8, 64], levels=[1], num_blocks=2, rd_ratio=1 / 8, rd_divisor=1)
+    assert [b.rd_channels for b in neck.blocks['1']] == [8, 8]
+    assert MPM([8, 64], out_channels=32, levels=[1], num_blocks=2).blocks['1'][1].rd_channels == 8
 
 
 @pytest.mark.parametrize('out_channels', [None, 24, 8])
@@ -118,7 +159,8 @@ def test_shapes_and_paper_equations_eval(out_channels, shape, device):
 
 
 @pytest.mark.parametrize('kwargs', [dict(pool_sizes=(3, (2, 5))), dict(align_corners=True),
-                                    dict(mid_channels=6, out_channels=12)])
+                                    dict(rd_channels=6, out_channels=12),
+                                    dict(rd_ratio=1 / 8, out_channels=12)])
 def test_options_match_reference(kwargs):
     m = _randomize(MPMBlock(16, **kwargs)).eval()
     x = torch.randn(2, 16, 11, 14)
@@ -129,7 +171,7 @@ def test_options_match_reference(kwargs):
 
 def test_structure_and_parameter_count_at_2048():
     m = MPMBlock(2048)
-    assert m.mid_channels == 512 and m.pool_sizes == ((20, 20), (12, 12))
+    assert m.rd_channels == 512 and m.pool_sizes == ((20, 20), (12, 12))
     assert isinstance(m.shortcut, torch.nn.Identity) and m.expand.conv.in_channels == 1024
     assert [b[0].output_size for b in m.short_range.pooled] == [(20, 20), (12, 12)]
     assert m.long_range.conv_h.conv.kernel_size == (3, 1)
@@ -148,9 +190,9 @@ def test_structure_and_parameter_count_at_2048():
                 + (2 * r * c + 2 * c))  # 1x1 expansion
     assert sum(p.numel() for p in m.parameters()) == expected == 17_576_960
     proj = MPMBlock(64, out_channels=32)
-    assert proj.mid_channels == 16 and proj.shortcut.conv.kernel_size == (1, 1)
+    assert proj.rd_channels == 16 and proj.shortcut.conv.kernel_size == (1, 1)
     assert proj.shortcut.conv.out_channels == 32 and proj.shortcut.with_norm
-    assert MPMBlock(3).mid_channels == 1
+    assert MPMBlock(3).rd_channels == 1
 
 
 def test_training_mode_sizes():
@@ -304,8 +346,8 @@ def test_neck_levels_subset_pass_through_and_structure():
                                              (1, 24, 3, 3)]
     torch.testing.assert_close(out[3], neck.blocks['3'][1](neck.blocks['3'][0](feats[3])))
     assert MPM([8, 16], levels=[0]).blocks['0'][0].pool_sizes == ((20, 20), (12, 12))
-    one = MPM([8, 16], pool_sizes=(4, ), mid_channels=3)
-    assert len(one.blocks['0']) == 1 and one.blocks['1'][0].mid_channels == 3
+    one = MPM([8, 16], pool_sizes=(4, ), rd_channels=3)
+    assert len(one.blocks['0']) == 1 and one.blocks['1'][0].rd_channels == 3
     assert one.blocks['1'][0].pool_sizes == ((4, 4), )
 
 
@@ -328,6 +370,13 @@ def test_registry_build_from_downstream_scope(scope):
         neck = registry.build(dict(type='MPM', in_channels=[8, 16], levels=[1], num_blocks=2,
                                    pool_sizes=(6, 3)))
         block = registry.build(dict(type='MPMBlock', in_channels=16, out_channels=8))
+        narrow = registry.build(dict(type='MPM', in_channels=[8, 64], levels=[1],
+                                     rd_ratio=1 / 8))
+        for cfg in [dict(type='MPM', in_channels=[8, 16], mid_channels=4),
+                    dict(type='MPMBlock', in_channels=16, mid_channels=4)]:
+            with pytest.raises(TypeError, match='mid_channels'):
+                registry.build(cfg)
+    assert narrow.blocks['1'][0].rd_channels == 8
     assert isinstance(neck, MPM) and neck.num_blocks == 2 and len(neck.blocks['1']) == 2
     assert neck.blocks['1'][1].pool_sizes == ((6, 6), (3, 3))
     assert isinstance(block, MPMBlock) and block.out_channels == 8
@@ -377,3 +426,13 @@ def test_mmseg_encoder_decoder_spnet_loss():
     block = model.neck.blocks['3'][0]
     assert block.long_range.conv_h.conv.weight.grad.abs().sum() > 0
     assert block.short_range.pooled[0][1].conv.weight.grad.abs().sum() > 0
+
+
+def test_docstring_examples():
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(mixed_pooling) if t.examples]
+    assert len(tests) == 2  # MPMBlock's and MPM's
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

@@ -4,8 +4,8 @@ Hou, Zhang, Cheng, Feng. "Strip Pooling: Rethinking Spatial Pooling for Scene
 Parsing", CVPR 2020. https://arxiv.org/abs/2003.13328
 
 The paper's MPM (Sec. 3.3, Fig. 3) is a bottleneck residual block whose core
-mixes two kinds of pooling. On an input ``x`` (``C x H x W``), with ``C'`` the
-reduced width (``C / 4``):
+mixes two kinds of pooling. On an input ``x`` (``C x H x W``), with
+``C' = rd_ratio * C`` the reduced width (the paper: ``C / 4``):
 
 * short-range dependencies, a lightweight pyramid pooling sub-module (Fig. 3a)
   on ``y = R_s(x)`` (a 1x1 reduction to ``C'``)::
@@ -32,8 +32,9 @@ reduced width (``C / 4``):
   added: the paper nests both sub-modules into a residual bottleneck block.
 
 In the paper every conv other than the 1x1 reductions and the expansion has
-kernel 3x3 (or 3 for the 1-D ones). SPNet stacks two MPMs on top of its backbone (output stride 8) before the
-classifier; in its backbone an SPM gates the 3x3 conv of the bottlenecks.
+kernel 3x3 (or 3 for the 1-D ones). SPNet stacks two MPMs on top of its
+backbone (output stride 8) before the classifier; in its backbone an SPM gates
+the 3x3 conv of the bottlenecks.
 
 Choices the paper leaves open (ours, documented):
 
@@ -44,7 +45,12 @@ Choices the paper leaves open (ours, documented):
   reductions are conv-BN-ReLU and the expansion ``E`` conv-BN without
   activation, with ``act`` (ReLU) after the residual sum, as in a ResNet
   bottleneck.
-* ``C' = max(C // 4, 1)`` (rounded down; ``mid_channels`` sets it).
+* ``C'`` in the package's reduction vocabulary (as ``RFBBlock``):
+  ``rd_ratio = 1/4`` gives the paper's ``C / 4``, rounded down and at least 1
+  (``mmplug.utils.channels.reduced_channels``; e.g. 1 for ``C = 3``);
+  ``rd_channels`` sets ``C'`` directly and ``rd_divisor`` rounds the width
+  from ``rd_ratio`` to a multiple of it. The module stores it as
+  ``rd_channels``.
 * Pooling is average pooling (as in PSPNet's pyramid); bins are adaptive, so
   the module runs at any input size. On a map smaller than a bin grid (e.g. a
   5x5 map and 20x20 bins) adaptive pooling repeats pixels, the pooled branch
@@ -66,6 +72,9 @@ The ``MPM`` neck runs ``num_blocks`` MPMs in sequence on each selected level of
 a backbone's (or another neck's) tuple of features and passes the others
 through; ``num_blocks=2`` is SPNet's setting.
 """
+import copy
+import inspect
+
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, build_activation_layer
@@ -73,7 +82,9 @@ from mmengine.model import BaseModule, Sequential
 from torch import nn
 
 from mmplug.necks.per_level import PerLevelNeck
+from mmplug.plugins.strip_pooling import strip_convs, strip_pool
 from mmplug.registry import MODELS
+from mmplug.utils.channels import reduced_channels
 from mmplug.utils.validation import check_cfg, check_int, check_int_pair
 
 
@@ -111,31 +122,32 @@ class _StripContext(nn.Module):
 
     def __init__(self, channels, layer, act_cfg):
         super().__init__()
-        self.conv_h = ConvModule(channels, channels, (3, 1), padding=(1, 0), act_cfg=None,
-                                 **layer)
-        self.conv_w = ConvModule(channels, channels, (1, 3), padding=(0, 1), act_cfg=None,
-                                 **layer)
+        self.conv_h, self.conv_w = strip_convs(channels, **layer)
         self.act = _act(act_cfg)
         self.fuse = ConvModule(channels, channels, 3, padding=1, act_cfg=act_cfg, **layer)
 
     def forward(self, z):
-        z_h = self.conv_h(z.mean(dim=3, keepdim=True))  # [N, C', H, 1], pooled over W
-        z_w = self.conv_w(z.mean(dim=2, keepdim=True))  # [N, C', 1, W], pooled over H
-        return self.fuse(self.act(z_h + z_w))  # [N, C', H, W], expand by broadcasting
+        return self.fuse(self.act(strip_pool(z, self.conv_h, self.conv_w)))  # [N, C', H, W]
 
 
 @MODELS.register_module()
 class MPMBlock(BaseModule):
     """One Mixed Pooling Module (MPM) of SPNet.
 
+    Every argument after ``out_channels`` is keyword-only.
+
     Args:
         in_channels (int): Channels of the input feature map.
         out_channels (int, optional): Output channels. If it differs from
             ``in_channels`` the shortcut is a 1x1 conv-norm projection.
             Defaults to None (``in_channels``, the paper's identity shortcut).
-        mid_channels (int, optional): Width of both sub-modules (after each 1x1
-            reduction). Defaults to None (``max(in_channels // 4, 1)``, the
-            paper).
+        rd_ratio (float): Width ``C'`` of both sub-modules (after each 1x1
+            reduction) as a fraction of ``in_channels``, rounded down and at
+            least 1. Defaults to 1/4 (the paper's ``C / 4``).
+        rd_channels (int, optional): Explicit width ``C'``; overrides
+            ``rd_ratio``. Defaults to None.
+        rd_divisor (int): Round the width from ``rd_ratio`` to a multiple of
+            this. Defaults to 1 (no rounding).
         pool_sizes (tuple): Bin grids of the pooled paths of the short-range
             sub-module, each an int ``k`` (``k x k`` bins) or a pair
             ``(k_h, k_w)``. Defaults to ``(20, 12)`` (the paper).
@@ -150,7 +162,7 @@ class MPMBlock(BaseModule):
             the pooled paths. Defaults to False (mmseg's default).
         zero_init_residual (bool): Zero-initialise the norm (or, without a
             norm, the conv) of the 1x1 expansion, so the block starts as
-            ``act(S(x))``. Keyword-only. Defaults to False (the paper's init).
+            ``act(S(x))``. Defaults to False (the paper's init).
         init_cfg (dict | list[dict], optional): mmengine init config. Without
             one, ``init_weights()`` applies the default init (He normal
             fan-out convs, norm weight 1 and bias 0, and
@@ -175,8 +187,14 @@ class MPMBlock(BaseModule):
         >>> mpm = MPMBlock(in_channels=64)
         >>> mpm(torch.randn(2, 64, 33, 65)).shape
         torch.Size([2, 64, 33, 65])
+        >>> mpm.rd_channels  # C' = 64 / 4
+        16
         >>> MPMBlock(64, out_channels=32)(torch.randn(2, 64, 9, 7)).shape
         torch.Size([2, 32, 9, 7])
+        >>> MPMBlock(64, rd_ratio=1 / 8).rd_channels, MPMBlock(64, rd_channels=24).rd_channels
+        (8, 24)
+        >>> MPMBlock(3).rd_channels  # rounded down, at least 1
+        1
     """
 
     _abbr_ = 'mpm'
@@ -184,13 +202,15 @@ class MPMBlock(BaseModule):
     def __init__(self,
                  in_channels,
                  out_channels=None,
-                 mid_channels=None,
+                 *,
+                 rd_ratio=1 / 4,
+                 rd_channels=None,
+                 rd_divisor=1,
                  pool_sizes=(20, 12),
                  conv_cfg=None,
                  norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='ReLU'),
                  align_corners=False,
-                 *,
                  zero_init_residual=False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -198,8 +218,7 @@ class MPMBlock(BaseModule):
         check_int(owner, 'in_channels', in_channels)
         out_channels = in_channels if out_channels is None else check_int(
             owner, 'out_channels', out_channels)
-        mid_channels = max(in_channels // 4, 1) if mid_channels is None else check_int(
-            owner, 'mid_channels', mid_channels)
+        mid = reduced_channels(owner, in_channels, rd_ratio, rd_channels, rd_divisor)
         if not isinstance(pool_sizes, (list, tuple)) or len(pool_sizes) == 0:
             raise ValueError(f'{owner}: pool_sizes must be a non-empty list of bin sizes (ints '
                              f'or (h, w) pairs), got {pool_sizes!r}')
@@ -213,17 +232,16 @@ class MPMBlock(BaseModule):
             check_cfg(owner, name, cfg)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.mid_channels = mid_channels
+        self.rd_channels = mid
         self.pool_sizes = pool_sizes
         self.align_corners = align_corners
         self.zero_init_residual = zero_init_residual
         layer = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)
-        self.reduce_short = ConvModule(in_channels, mid_channels, 1, act_cfg=act_cfg, **layer)
-        self.reduce_long = ConvModule(in_channels, mid_channels, 1, act_cfg=act_cfg, **layer)
-        self.short_range = _PyramidContext(mid_channels, pool_sizes, layer, act_cfg,
-                                           align_corners)
-        self.long_range = _StripContext(mid_channels, layer, act_cfg)
-        self.expand = ConvModule(2 * mid_channels, out_channels, 1, act_cfg=None, **layer)
+        self.reduce_short = ConvModule(in_channels, mid, 1, act_cfg=act_cfg, **layer)
+        self.reduce_long = ConvModule(in_channels, mid, 1, act_cfg=act_cfg, **layer)
+        self.short_range = _PyramidContext(mid, pool_sizes, layer, act_cfg, align_corners)
+        self.long_range = _StripContext(mid, layer, act_cfg)
+        self.expand = ConvModule(2 * mid, out_channels, 1, act_cfg=None, **layer)
         self.shortcut = nn.Identity() if out_channels == in_channels else ConvModule(
             in_channels, out_channels, 1, act_cfg=None, **layer)
         self.act = _act(act_cfg)
@@ -252,6 +270,13 @@ class MPMBlock(BaseModule):
         return self.act(self.shortcut(x) + out)
 
 
+# What MPM passes through to every block: MPMBlock's keyword-only arguments (the
+# neck sets in/out channels per level and has its own init_cfg).
+_BLOCK_KWARGS = tuple(
+    name for name, p in inspect.signature(MPMBlock.__init__).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name != 'init_cfg')
+
+
 @MODELS.register_module()
 class MPM(PerLevelNeck):
     """Mixed Pooling Modules as a neck: ``num_blocks`` MPMs per selected level.
@@ -274,9 +299,11 @@ class MPM(PerLevelNeck):
             SPNet stacks 2.
         init_cfg (dict | list[dict], optional): mmengine init config.
             Keyword-only. Defaults to None.
-        **block_kwargs: Passed to every :class:`MPMBlock` (``mid_channels``,
-            ``pool_sizes``, ``conv_cfg``, ``norm_cfg``, ``act_cfg``,
-            ``align_corners``, ``zero_init_residual``).
+        **block_kwargs: Passed to every :class:`MPMBlock`, same defaults:
+            ``rd_ratio``, ``rd_channels``, ``rd_divisor``, ``pool_sizes``,
+            ``conv_cfg``, ``norm_cfg``, ``act_cfg``, ``align_corners``,
+            ``zero_init_residual``. Any other name raises a ``TypeError``
+            that names it (before any block is built).
 
     Note:
         Each level's stack is an mmengine ``Sequential`` under
@@ -292,6 +319,8 @@ class MPM(PerLevelNeck):
         ...          torch.randn(1, 64, 8, 8))
         >>> [tuple(f.shape) for f in neck.eval()(feats)]
         [(1, 16, 32, 32), (1, 32, 16, 16), (1, 64, 8, 8)]
+        >>> MPM([16, 64], levels=[1], rd_ratio=1 / 8).blocks['1'][0].rd_channels
+        8
 
         SPNet in mmseg (SPM in the backbone, two MPMs on c5, a 3x3 conv and
         the classifier)::
@@ -312,6 +341,11 @@ class MPM(PerLevelNeck):
     def __init__(self, in_channels, out_channels=None, levels=None, *, num_blocks=1,
                  init_cfg=None, **block_kwargs):
         check_int('MPM', 'num_blocks', num_blocks)
+        unknown = sorted(set(block_kwargs) - set(_BLOCK_KWARGS))
+        if unknown:
+            raise TypeError(f'MPM: unexpected keyword argument(s) {", ".join(map(repr, unknown))}; '
+                            f'the block arguments (passed to every MPMBlock) are '
+                            f'{", ".join(_BLOCK_KWARGS)}')
         # Plain (non-Module) attributes may be set before Module.__init__; the base
         # class's __init__ calls _build_block, which needs them.
         self.num_blocks = num_blocks
@@ -321,5 +355,5 @@ class MPM(PerLevelNeck):
     def _build_block(self, in_channels, out_channels):
         return Sequential(*[
             MPMBlock(in_channels if i == 0 else out_channels, out_channels,
-                     **self.block_kwargs) for i in range(self.num_blocks)
+                     **copy.deepcopy(self.block_kwargs)) for i in range(self.num_blocks)
         ])

@@ -48,6 +48,23 @@ from mmplug.utils.channels import reduced_channels
 from mmplug.utils.validation import check_cfg, check_int
 
 
+def strip_convs(channels, conv_cfg=None, norm_cfg=dict(type='BN')):
+    """The two 1-D convs of strip pooling: ``(3x1 over H, 1x3 over W)``, with norm, no act."""
+    layer = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=None)
+    return (ConvModule(channels, channels, (3, 1), padding=(1, 0), **layer),
+            ConvModule(channels, channels, (1, 3), padding=(0, 1), **layer))
+
+
+def strip_pool(x, conv_h, conv_w):
+    """Strip pooling of ``x`` ``[N, C, H, W]``: ``conv_h(mean over W) + conv_w(mean over H)``.
+
+    The ``[N, C, H, 1]`` and ``[N, C, 1, W]`` strips are expanded to ``[N, C, H, W]`` by
+    broadcasting in the sum (the paper's "expand"). Shared by :class:`StripPooling` and
+    SPNet's mixed pooling module.
+    """
+    return conv_h(x.mean(dim=3, keepdim=True)) + conv_w(x.mean(dim=2, keepdim=True))
+
+
 @MODELS.register_module()
 class StripPooling(BaseModule):
     """Strip Pooling Module (SPM) plugin.
@@ -131,8 +148,7 @@ class StripPooling(BaseModule):
         self.reduce = nn.Identity() if mid == in_channels else ConvModule(
             in_channels, mid, 1, act_cfg=act_cfg, **layer)
         # 1-D convs along each strip, BN, no activation before the sum.
-        self.conv_h = ConvModule(mid, mid, (3, 1), padding=(1, 0), act_cfg=None, **layer)
-        self.conv_w = ConvModule(mid, mid, (1, 3), padding=(0, 1), act_cfg=None, **layer)
+        self.conv_h, self.conv_w = strip_convs(mid, conv_cfg, norm_cfg)
         self.act = nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
         self.fuse = ConvModule(mid, in_channels, 1, conv_cfg=conv_cfg, norm_cfg=None,
                                act_cfg=None)
@@ -153,8 +169,6 @@ class StripPooling(BaseModule):
 
     def forward(self, x):
         y = self.reduce(x)  # [N, C', H, W]
-        y_h = self.conv_h(y.mean(dim=3, keepdim=True))  # [N, C', H, 1], pooled over W
-        y_w = self.conv_w(y.mean(dim=2, keepdim=True))  # [N, C', 1, W], pooled over H
-        y = self.act(y_h + y_w)  # [N, C', H, W], expand by broadcasting
+        y = self.act(strip_pool(y, self.conv_h, self.conv_w))  # [N, C', H, W]
         gate = torch.sigmoid(self.fuse(y)) * self.gate_scale  # [N, C, H, W]
         return x * gate
