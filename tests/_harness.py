@@ -2,8 +2,13 @@
 
 Import as ``from _harness import ...`` (pytest puts ``tests/`` on ``sys.path``).
 """
+import copy
+import importlib
+import os
+
 import torch
 from mmcv.cnn import build_plugin_layer
+from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 
@@ -43,20 +48,134 @@ def build_plugin_in_scope(cfg, scope, in_channels, postfix='_1'):
         return build_plugin_layer(dict(cfg), postfix=postfix, in_channels=in_channels)
 
 
+def build_model_in_scope(cfg, scope):
+    """Build ``cfg`` (a dict, or a list of dicts for a chain) from ``scope``'s ``MODELS``
+    (``'mmdet'`` or ``'mmseg'``, all its modules registered) with ``scope`` as the default
+    scope.
+
+    The scope is set for the build: pytest runs every file in one process, and an earlier test
+    may leave another library's scope as the global default, under which ``MODELS.build``
+    looks a type up in that library's registry instead.
+    """
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(scope):
+        return registry.build(cfg)
+
+
 def mmdet_resnet(plugins=None, depth=50, **kwargs):
     """mmdet's ResNet with ``plugins`` (``dcn``, ``init_cfg`` etc. through ``kwargs``)."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS.build(dict(type='ResNet', depth=depth, plugins=plugins, **kwargs))
+    return build_model_in_scope(dict(type='ResNet', depth=depth, plugins=plugins, **kwargs),
+                                'mmdet')
 
 
 def mmseg_resnet(plugins=None, depth=50, **kwargs):
     """mmseg's ResNetV1c with ``plugins`` (the DeepLab backbone)."""
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS.build(dict(type='ResNetV1c', depth=depth, plugins=plugins, **kwargs))
+    return build_model_in_scope(dict(type='ResNetV1c', depth=depth, plugins=plugins, **kwargs),
+                                'mmseg')
+
+
+def tiny_faster_rcnn(neck_after_fpn=None, channels=16, num_classes=3):
+    """mmdet's Faster R-CNN R50-FPN model config, narrowed so a loss forward takes a fraction
+    of a second on one CPU core.
+
+    It is mmdet's own ``_base_/models/faster-rcnn_r50_fpn.py`` with ResNet-18 at 1/8 width
+    (C2-C5 of 8, 16, 32, 64 channels) and no pretrained weights, a ``channels``-wide FPN
+    (five levels, strides 4 to 64), RPN and RoI head (32-wide FCs), and ``num_classes``
+    classes; anchors, assigners, samplers, test settings and the data preprocessor (which
+    pads to a multiple of 32) are mmdet's. Build it with ``build_model_in_scope(cfg,
+    'mmdet')``; feed it ``tiny_det_batch``.
+
+    Args:
+        neck_after_fpn (dict, optional): A neck chained after the FPN, ``neck=[FPN, it]``, as
+            the FPN-then-ASFF/RFB/ASPP configs do. Its ``in_channels`` defaults to the FPN's
+            outputs, ``[channels] * 5``. Defaults to None (FPN alone).
+        channels (int): Width of the FPN, the RPN and the RoI features. Defaults to 16.
+        num_classes (int): Object classes of the box head. Defaults to 3.
+
+    Returns:
+        ConfigDict: The ``model`` config, as ``Config.fromfile`` gives it (edit it freely).
+    """
+    import mmdet
+    path = os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', '_base_',
+                        'models', 'faster-rcnn_r50_fpn.py')
+    cfg = Config.fromfile(path).model
+    cfg.backbone.update(depth=18, base_channels=8, init_cfg=None)
+    cfg.neck.update(in_channels=[8, 16, 32, 64], out_channels=channels)
+    if neck_after_fpn is not None:
+        cfg.neck = [cfg.neck, dict(dict(in_channels=[channels] * 5), **neck_after_fpn)]
+    cfg.rpn_head.update(in_channels=channels, feat_channels=channels)
+    cfg.roi_head.bbox_roi_extractor.out_channels = channels
+    cfg.roi_head.bbox_head.update(in_channels=channels, fc_out_channels=32,
+                                  num_classes=num_classes)
+    return cfg
+
+
+def tiny_det_batch(model, image_shapes=((64, 64), (64, 56)), num_classes=3, training=True):
+    """A batch for ``model(**batch, mode=...)``: one random uint8 image per ``(H, W)`` in
+    ``image_shapes`` with two or three random ground-truth boxes (mmdet's ``demo_mm_inputs``,
+    seeded), put through ``model``'s data preprocessor (normalised, padded, ``pad_shape`` and
+    ``batch_input_shape`` set)."""
+    from mmdet.testing import demo_mm_inputs
+    n = len(image_shapes)
+    data = demo_mm_inputs(batch_size=n, image_shapes=[(3, h, w) for h, w in image_shapes],
+                          num_items=[2 + i % 2 for i in range(n)], num_classes=num_classes)
+    return model.data_preprocessor(data, training=training)
+
+
+def tiny_encoder_decoder(neck=None, decode_in_channels=64, num_classes=3,
+                         norm_cfg=dict(type='BN', requires_grad=True), **backbone):
+    """An mmseg ``EncoderDecoder`` config: the DeepLab backbone (``ResNetV1c``, output
+    stride 8 by dilating C4/C5) at 1/8 width, an optional ``neck``, and a one-conv 16-wide
+    ``FCNHead`` on C5 (``in_index=3``). Build it with ``build_model_in_scope(cfg, 'mmseg')``;
+    feed it ``tiny_seg_batch``.
+
+    Args:
+        neck (dict, optional): The neck between backbone and head. Defaults to None.
+        decode_in_channels (int): Channels the head reads at level 3: C5's (64 for
+            ResNet-18 at 1/8 width, 256 for ResNet-50) or the neck's. Defaults to 64.
+        num_classes (int): Defaults to 3.
+        norm_cfg (dict): Norm of the backbone and the head. Defaults to BN.
+        **backbone: Overrides of the backbone config (``depth``, ``plugins`` ...); the depth
+            defaults to 18.
+
+    Returns:
+        dict: The ``model`` config.
+    """
+    return dict(
+        type='EncoderDecoder',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0.0] * 3, std=[1.0] * 3,
+                               pad_val=0, seg_pad_val=255),
+        backbone=dict(dict(type='ResNetV1c', depth=18, stem_channels=8, base_channels=8,
+                           out_indices=(0, 1, 2, 3), strides=(1, 2, 1, 1),
+                           dilations=(1, 1, 2, 4), norm_cfg=copy.deepcopy(norm_cfg)),
+                      **backbone),
+        neck=neck,
+        decode_head=dict(type='FCNHead', in_channels=decode_in_channels, in_index=3,
+                         channels=16, num_convs=1, concat_input=False,
+                         num_classes=num_classes, norm_cfg=copy.deepcopy(norm_cfg),
+                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
+        train_cfg=dict(), test_cfg=dict(mode='whole'))
+
+
+def tiny_seg_batch(n=2, size=32, num_classes=3):
+    """``(inputs, data_samples)`` for ``segmentor.loss``: ``n`` random ``size x size``
+    images and ``SegDataSample``s with random ``gt_sem_seg`` labels in ``[0, num_classes)``."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    samples = []
+    for _ in range(n):
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size)))
+        samples.append(sample)
+    return torch.randn(n, 3, size, size), samples
+
+
+def total_loss(losses):
+    """The sum of every ``loss`` entry of a model's loss dict, tensors or lists of tensors
+    (mmdet's RPN gives one per level); other entries (``acc``) are left out."""
+    return sum(v.sum() if torch.is_tensor(v) else sum(x.sum() for x in v)
+               for k, v in losses.items() if 'loss' in k)
 
 
 #: An init_cfg like a real backbone's, that overwrites every conv and norm it reaches.

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, randomize_
-from mmengine.config import ConfigDict
+from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_model_in_scope,
+                      randomize_, tiny_det_batch, tiny_faster_rcnn, total_loss)
 from mmengine.model import Sequential
-from mmengine.registry import DefaultScope
 
 import mmplug.necks.asff as asff_module
 from mmplug.necks.asff import ASFF
@@ -308,92 +307,27 @@ def test_autocast_bf16_backward_is_finite():
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_registry_build_from_downstream_scope(scope):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    with DefaultScope.overwrite_default_scope(scope):
-        asff = MODELS.build(dict(type='ASFF', in_channels=[16, 8, 4], strides=[32, 16, 8],
-                                 out_channels=8))
+    asff = build_model_in_scope(dict(type='ASFF', in_channels=[16, 8, 4], strides=[32, 16, 8],
+                                     out_channels=8), scope)
     assert type(asff) is ASFF and asff.out_channels == [8, 8, 8] and asff.strides == [32, 16, 8]
 
 
-def _tiny_faster_rcnn_cfg():
-    """mmdet's Faster R-CNN R50-FPN config, narrowed (ResNet-18 at 1/8 width, 16-channel
-    FPN) with ASFF chained after the FPN."""
-    assigner = dict(type='MaxIoUAssigner', ignore_iof_thr=-1)
-    return dict(
-        type='FasterRCNN',
-        backbone=dict(type='ResNet', depth=18, base_channels=8, out_indices=(0, 1, 2, 3),
-                      norm_eval=True, style='pytorch'),
-        neck=[dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=16, num_outs=5),
-              dict(type='ASFF', in_channels=[16] * 5)],
-        rpn_head=dict(
-            type='RPNHead', in_channels=16, feat_channels=16,
-            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
-                                  strides=FPN_STRIDES),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
-                            target_stds=[1.0] * 4),
-            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
-        roi_head=dict(
-            type='StandardRoIHead',
-            bbox_roi_extractor=dict(
-                type='SingleRoIExtractor',
-                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-                out_channels=16, featmap_strides=[4, 8, 16, 32]),
-            bbox_head=dict(
-                type='Shared2FCBBoxHead', in_channels=16, fc_out_channels=32, roi_feat_size=7,
-                num_classes=3,
-                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
-                                target_stds=[0.1, 0.1, 0.2, 0.2]),
-                reg_class_agnostic=False,
-                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-                loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
-        train_cfg=dict(
-            rpn=dict(
-                assigner=dict(assigner, pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                              match_low_quality=True),
-                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
-                             add_gt_as_proposals=False),
-                allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
-                              min_bbox_size=0),
-            rcnn=dict(
-                assigner=dict(assigner, pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
-                              match_low_quality=False),
-                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
-                             add_gt_as_proposals=True),
-                pos_weight=-1, debug=False)),
-        test_cfg=dict(
-            rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
-                     min_bbox_size=0),
-            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
-
-
 def test_after_fpn_in_mmdet_faster_rcnn_loss():
-    from mmdet.registry import MODELS
-    from mmdet.testing import demo_mm_inputs
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(ConfigDict(_tiny_faster_rcnn_cfg()))  # as Config.fromfile gives it
+    cfg = tiny_faster_rcnn(neck_after_fpn=dict(type='ASFF'))
+    cfg.data_preprocessor.pad_size_divisor = 1  # odd sizes reach the neck as they are
+    model = build_model_in_scope(cfg, 'mmdet')
     model.init_weights()
     model.train()
     fpn, asff = model.neck
     assert type(fpn).__name__ == 'FPN' and isinstance(asff, ASFF)
+    assert asff.in_channels == [16] * 5
     seen = []
     asff.register_forward_hook(lambda m, args, out: seen.append([tuple(o.shape) for o in out]))
     # Odd image size, no padding to a multiple of 32: FPN levels 25x19 ... 2x2.
-    packed = demo_mm_inputs(batch_size=2, image_shapes=(3, 100, 76), num_items=[2, 3],
-                            num_classes=3)
-    inputs = torch.stack(packed['inputs']).float() / 255
-    for sample in packed['data_samples']:  # what DetDataPreprocessor would add, unpadded
-        sample.set_metainfo(dict(pad_shape=(100, 76), batch_input_shape=(100, 76)))
-    losses = model(inputs, packed['data_samples'], mode='loss')
+    losses = model(**tiny_det_batch(model, [(100, 76)] * 2), mode='loss')
     assert seen == [[(2, 16, h, w) for h, w in _pyramid_sizes(100, 76, FPN_STRIDES)]]
     assert {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'} <= set(losses)
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for v in losses.values())
+    total = total_loss(losses)
     assert torch.isfinite(total)
     total.backward()
     for name, p in asff.named_parameters():

@@ -1,14 +1,14 @@
 """RFB: the paper's block and receptive fields, the per-level neck, OpenMMLab integration."""
+import importlib
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, randomize_
+from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_model_in_scope,
+                      randomize_, tiny_det_batch, tiny_faster_rcnn, total_loss)
 from mmcv.cnn import ConvModule
-from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
-from mmengine.registry import DefaultScope
 
 from mmplug.necks.rfb import RFB, RFBBlock  # importing registers RFB and RFBBlock
 
@@ -344,18 +344,11 @@ def test_low_precision_autocast_is_finite(dtype, device):
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_registry_build_from_downstream_scope(scope):
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-    else:
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+    neck = build_model_in_scope(dict(type='RFB', in_channels=[16, 16], levels=[1]), scope)
+    block = build_model_in_scope(dict(type='RFBBlock', in_channels=16, out_channels=8), scope)
     # The names are ours, not shadowed by anything mmdet/mmseg register.
-    assert MODELS.get('RFB') is RFB and MODELS.get('RFBBlock') is RFBBlock
-    with DefaultScope.overwrite_default_scope(scope):
-        neck = MODELS.build(dict(type='RFB', in_channels=[16, 16], levels=[1]))
-        block = MODELS.build(dict(type='RFBBlock', in_channels=16, out_channels=8))
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    assert registry.get('RFB') is RFB and registry.get('RFBBlock') is RFBBlock
     assert isinstance(neck, RFB) and list(neck.blocks.keys()) == ['1']
     assert isinstance(block, RFBBlock) and block.out_channels == 8
 
@@ -395,113 +388,29 @@ def test_neck_init_weights_survive_host_init():
 
 
 def test_after_mmdet_yolov3_neck():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    # YOLOV3Neck's [512, 256, 128] outputs, scaled down 16x. The scope is set here: an earlier
-    # test may have left mmseg's as the global default.
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        neck = MODELS.build([
-            dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16],
-                 out_channels=[32, 16, 8]),
-            dict(type='RFB', in_channels=[32, 16, 8]),
-        ])
+    # YOLOV3Neck's [512, 256, 128] outputs, scaled down 16x.
+    neck = build_model_in_scope([
+        dict(type='YOLOV3Neck', num_scales=3, in_channels=[64, 32, 16], out_channels=[32, 16, 8]),
+        dict(type='RFB', in_channels=[32, 16, 8]),
+    ], 'mmdet')
     # Backbone order (shallow first); YOLOV3Neck's in_channels list it deepest first.
     feats = (torch.randn(2, 16, 12, 12), torch.randn(2, 32, 6, 6), torch.randn(2, 64, 3, 3))
     outs = neck(feats)
     assert [tuple(o.shape) for o in outs] == [(2, 32, 3, 3), (2, 16, 6, 6), (2, 8, 12, 12)]
 
 
-def _tiny_faster_rcnn(rfb_levels=None):
-    ch = 16
-    return ConfigDict(
-        type='FasterRCNN',
-        data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
-                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
-                               pad_size_divisor=32),
-        backbone=dict(type='ResNet', depth=18, base_channels=8, num_stages=4,
-                      out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
-                      style='pytorch'),
-        neck=[
-            dict(type='FPN', in_channels=[8, 16, 32, 64], out_channels=ch, num_outs=5),
-            dict(type='RFB', in_channels=[ch] * 5, levels=rfb_levels),
-        ],
-        rpn_head=dict(
-            type='RPNHead', in_channels=ch, feat_channels=ch,
-            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
-                                  strides=[4, 8, 16, 32, 64]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
-                            target_stds=[1.0] * 4),
-            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
-        roi_head=dict(
-            type='StandardRoIHead',
-            bbox_roi_extractor=dict(type='SingleRoIExtractor',
-                                    roi_layer=dict(type='RoIAlign', output_size=7,
-                                                   sampling_ratio=0),
-                                    out_channels=ch, featmap_strides=[4, 8, 16, 32]),
-            bbox_head=dict(
-                type='Shared2FCBBoxHead', in_channels=ch, fc_out_channels=32, roi_feat_size=7,
-                num_classes=3,
-                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
-                                target_stds=[0.1, 0.1, 0.2, 0.2]),
-                reg_class_agnostic=False,
-                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-                loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
-        train_cfg=dict(
-            rpn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3,
-                                   min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),
-                     sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5,
-                                  neg_pos_ub=-1, add_gt_as_proposals=False),
-                     allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=200, max_per_img=100,
-                              nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
-                                    min_pos_iou=0.5, match_low_quality=False,
-                                    ignore_iof_thr=-1),
-                      sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25,
-                                   neg_pos_ub=-1, add_gt_as_proposals=True),
-                      pos_weight=-1, debug=False)),
-        test_cfg=dict(
-            rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
-                     min_bbox_size=0),
-            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                      max_per_img=20)))
-
-
-def _tiny_batch(n=2, size=64):
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    gen = torch.Generator().manual_seed(0)
-    inputs, samples = [], []
-    for i in range(n):
-        inputs.append(torch.randint(0, 256, (3, size, size - 8 * i), generator=gen,
-                                    dtype=torch.uint8))
-        s = DetDataSample(metainfo=dict(img_shape=(size, size - 8 * i),
-                                        ori_shape=(size, size - 8 * i), scale_factor=(1., 1.)))
-        boxes = torch.tensor([[4., 6., 40., 50.], [20., 8., 50., 30.]])
-        s.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 2]))
-        samples.append(s)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def test_faster_rcnn_with_fpn_then_rfb_loss_mode():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(_tiny_faster_rcnn(rfb_levels=[0, 1, 2, 3]))
+    model = build_model_in_scope(
+        tiny_faster_rcnn(neck_after_fpn=dict(type='RFB', levels=[0, 1, 2, 3])), 'mmdet')
     model.init_weights()
     # The detector's init (FPN's Xavier) leaves RFB with its own init.
     rfb = model.neck[1]
     assert isinstance(rfb, RFB) and sorted(rfb.blocks.keys()) == ['0', '1', '2', '3']
     assert all(torch.all(m.weight == 1) for m in rfb.modules() if isinstance(m, nn.BatchNorm2d))
     model.train()
-    data = model.data_preprocessor(_tiny_batch(), training=True)
-    losses = model(**data, mode='loss')
+    losses = model(**tiny_det_batch(model), mode='loss')
     assert {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'} <= set(losses)
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(x.sum() for x in v)
-                for k, v in losses.items() if 'loss' in k)
+    total = total_loss(losses)
     assert torch.isfinite(total)
     total.backward()
     for name, p in rfb.named_parameters():
@@ -510,6 +419,5 @@ def test_faster_rcnn_with_fpn_then_rfb_loss_mode():
     # Inference on the same model still runs end to end.
     model.eval()
     with torch.no_grad():
-        results = model(**model.data_preprocessor(_tiny_batch(n=1), training=False),
-                        mode='predict')
+        results = model(**tiny_det_batch(model, [(64, 64)], training=False), mode='predict')
     assert len(results) == 1 and hasattr(results[0], 'pred_instances')
