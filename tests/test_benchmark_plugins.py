@@ -1,0 +1,214 @@
+"""tools/analysis/benchmark_plugins.py: smoke-run structure, peers, parity, the saved-bytes rule.
+
+Nothing here asserts a speed: smoke numbers are checked for structure and sanity only.
+"""
+import json
+import os.path as osp
+import statistics
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+import benchmark_plugins as bp  # noqa: E402
+
+from mmplug.plugins.se import SE  # noqa: E402
+
+SMOKE_MODULES = ('SE', 'SGE', 'NonLocal', 'DCNv2UnitMask')
+PEERS = {
+    'SE': {'ours': 'ours', 'fightingcv SEAttention': 'peer', 'mmdet SELayer': 'peer'},
+    'SGE': {'ours': 'ours', 'fightingcv SpatialGroupEnhance': 'peer'},
+    'NonLocal': {'ours': 'ours', 'mmcv NonLocal2d': 'peer'},
+    'DCNv2UnitMask': {'ours (torch)': 'ours', 'ours (mmcv op)': 'ours',
+                      'mmcv ModulatedDeformConv2dPack': 'peer',
+                      'nn.Conv2d 3x3 (replaced conv)': 'reference'},
+}
+COLUMNS = ('| module | shape | impl | params | MMACs | fwd ms | fwd+bwd ms | saved MiB '
+           '| fwd / clone | fwd vs fastest peer | fwd+bwd vs fastest peer |')
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('bench')
+    json_path, md_path = tmp / 'bench.json', tmp / 'bench.md'
+    threads = torch.get_num_threads()
+    results = bp.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
+                       '--only', *SMOKE_MODULES, '--json', str(json_path), '--out',
+                       str(md_path)])
+    assert torch.get_num_threads() == threads  # restored after the run
+    return results, json_path, md_path
+
+
+def _groups(results, module):
+    return [g for g in results['groups'] if g['module'] == module]
+
+
+def test_json_and_markdown_are_written(smoke):
+    results, json_path, md_path = smoke
+    with open(json_path, encoding='utf-8') as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    table = md_path.read_text(encoding='utf-8')
+    assert table == bp.to_markdown(results)
+    assert COLUMNS in table and 'Smoke run' in table
+    rows = [line for line in table.splitlines() if line.startswith('|')]
+    assert sum('`x.clone()` floor' in line for line in rows) == len(results['groups'])
+    body = [line for line in table.splitlines() if line.startswith(('| SE', '| SGE', '| Non',
+                                                                     '| DCN'))]
+    assert len(body) == sum(len(g['rows']) + 1 for g in results['groups'])
+    assert all(line.count('|') == COLUMNS.count('|') for line in body)
+    meta = results['meta']
+    assert meta['smoke'] and meta['threads'] == 1 and meta['device'] == 'cpu'
+    assert (meta['warmup'], meta['repeats'], meta['batch']) == (1, 2, 2)
+
+
+def test_groups_at_each_modules_stages_with_smoke_shapes(smoke):
+    results, _, _ = smoke
+    got = [(g['module'], g['stage']) for g in results['groups']]
+    assert got == [('SE', s) for s in ('c2', 'c3', 'c4', 'c5')] + \
+        [('SGE', s) for s in ('c2', 'c3', 'c4', 'c5')] + \
+        [('NonLocal', 'c3'), ('NonLocal', 'c4')] + \
+        [('DCNv2UnitMask', s) for s in ('c3', 'c4', 'c5')]
+    by_key = {(g['module'], g['stage']): g for g in results['groups']}
+    # Smoke: 2 images of 64x64, a quarter of ResNet-50's widths; conv2 takes C/4.
+    assert by_key['SE', 'c3']['shapes'] == [[2, 128, 8, 8]]
+    assert by_key['DCNv2UnitMask', 'c3']['shapes'] == [[2, 32, 8, 8]]
+    assert by_key['DCNv2UnitMask', 'c3']['shape'] == '2x32x8x8 (c3 conv2)'
+
+
+def test_every_row_has_positive_times_params_and_macs(smoke):
+    results, _, _ = smoke
+    for g in results['groups']:
+        for row in g['rows']:
+            where = (g['module'], g['stage'], row['impl'])
+            assert row['error'] is None, where
+            assert row['params'] > 0 and row['saved_bytes'] >= 0, where
+            # FlopCounterMode skips elementwise ops: fightingcv's SGE counts 0 MACs
+            assert row['macs'] > 0 or row['impl'] == 'fightingcv SpatialGroupEnhance', where
+            assert len(row['fwd_samples_ms']) == len(row['fwd_bwd_samples_ms']) == 2, where
+            assert all(t > 0 for t in row['fwd_samples_ms'] + row['fwd_bwd_samples_ms']), where
+            assert row['fwd_ms'] == statistics.median(row['fwd_samples_ms'])
+            assert row['fwd_bwd_ms'] == statistics.median(row['fwd_bwd_samples_ms'])
+            assert row['peak_bytes'] is None  # CUDA only
+
+
+def test_clone_floor_and_ratios(smoke):
+    results, _, _ = smoke
+    for g in results['groups']:
+        assert len(g['clone_samples_ms']) == 2 and g['clone_ms'] > 0
+        peers = [r for r in g['rows'] if r['kind'] == 'peer']
+        assert peers, g['module']
+        fastest_fwd = min(r['fwd_ms'] for r in peers)
+        fastest_bwd = min(r['fwd_bwd_ms'] for r in peers)
+        assert min(r['fwd_vs_peer'] for r in peers) == pytest.approx(1.0)
+        for row in g['rows']:
+            assert row['fwd_per_clone'] == pytest.approx(row['fwd_ms'] / g['clone_ms'])
+            if row['kind'] == 'reference':
+                assert row['fwd_vs_peer'] is None and row['fwd_bwd_vs_peer'] is None
+            else:
+                assert row['fwd_vs_peer'] == pytest.approx(row['fwd_ms'] / fastest_fwd)
+                assert row['fwd_bwd_vs_peer'] == pytest.approx(row['fwd_bwd_ms'] / fastest_bwd)
+
+
+def test_peers_present_where_expected(smoke):
+    results, _, _ = smoke
+    for module, expected in PEERS.items():
+        for g in _groups(results, module):
+            assert {r['impl']: r['kind'] for r in g['rows']} == expected
+            assert g['rows'][0]['kind'] == 'ours'
+
+
+def test_peer_outputs_match_ours_and_params_are_equal(smoke):
+    results, _, _ = smoke
+    checked = 0
+    for g in results['groups']:
+        ours = g['rows'][0]
+        assert ours['parity'] is None
+        for row in g['rows'][1:]:
+            if row['kind'] == 'reference':
+                assert row['parity'] is None
+                continue
+            p = row['parity']
+            assert p['ok'] and p['max_abs_diff'] <= bp.PARITY_TOL * max(1.0, p['scale']), \
+                (g['module'], row['impl'], p)
+            assert p['scale'] > 0.1  # random weights: a non-trivial output was compared
+            checked += 1
+            c = g['shapes'][0][1]
+            if row['impl'] == 'fightingcv SEAttention':  # no FC biases
+                assert row['params'] == ours['params'] - (c // 16 + c)
+            else:  # mmdet SELayer, fightingcv SGE, mmcv NonLocal2d and DCN
+                assert row['params'] == ours['params'], (g['module'], row['impl'])
+    assert checked == 4 * 2 + 4 + 2 + 3 * 2
+
+
+def test_parity_check_is_not_vacuous():
+    from mmdet.models.layers import SELayer
+    ours, peer = SE(32), SELayer(32, ratio=16)
+    x = [torch.randn(2, 32, 5, 5)]
+    assert bp.check_parity(ours, peer, bp._parity_se_mmdet, x)['ok']
+    # without the weight mapping the random weights differ
+    assert not bp.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok']
+
+
+class _Scale(nn.Module):
+    """``y = f(x) * w`` with a per-channel parameter ``w``."""
+
+    def __init__(self, channels, fn=None):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(1, channels, 1, 1))
+        self.fn = fn
+
+    def forward(self, x):
+        return (x if self.fn is None else self.fn(x)) * self.w
+
+
+def test_saved_bytes_known_cases():
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    # y = x * w keeps x (for dw) and w (for dx): the input and a parameter, not counted.
+    saved, out = bp.saved_tensor_bytes(_Scale(3), [x])
+    assert saved == 0 and out.shape == x.shape
+    # y = exp(x) * w: exp keeps its result, mul keeps it again (one storage) and w.
+    saved, _ = bp.saved_tensor_bytes(_Scale(3, torch.exp), [x])
+    assert saved == x.numel() * 4
+    # A view of an intermediate counts as its whole storage, once.
+    saved, _ = bp.saved_tensor_bytes(_Scale(1, lambda t: torch.exp(t)[:, :1]), [x])
+    assert saved == x.numel() * 4
+    # Three intermediates: exp's result (kept by exp), the product with a Python
+    # scalar (kept by sin; the scalar is not saved) and sin's result (kept for dw).
+    saved, _ = bp.saved_tensor_bytes(_Scale(3, lambda t: torch.sin(torch.exp(t) * 2.0)), [x])
+    assert saved == 3 * x.numel() * 4
+
+
+def test_default_shapes_are_resnet50_stage_outputs():
+    jobs = {(name, stage): shapes for name, stage, shapes in
+            bp.plan(['SE', 'DCNv2UnitMask', 'BlurConv2d', 'ASFF', 'NonLocal'])}
+    assert jobs['SE', 'c3'] == [(8, 512, 28, 28)]  # the issue's 8x512x28x28
+    assert jobs['SE', 'c2'] == [(8, 256, 56, 56)] and jobs['SE', 'c5'] == [(8, 2048, 7, 7)]
+    assert jobs['DCNv2UnitMask', 'c4'] == [(8, 256, 14, 14)]  # conv2: C/4
+    assert jobs['BlurConv2d', 'c3'] == [(8, 128, 56, 56)]  # the stride-2 conv2's input
+    assert jobs['ASFF', 'p3'] == [(8, 256, 28, 28), (8, 256, 14, 14), (8, 256, 7, 7)]
+    assert sorted(stage for name, stage in jobs if name == 'NonLocal') == ['c3', 'c4']
+    scaled = bp.plan(['SE'], stages=['c3'], scale=2)
+    assert scaled == [('SE', 'c3', [(8, 512, 56, 56)])]
+    custom = bp.plan(['NonLocal', 'CoordConv2d'], shape=(2, 1024, 64, 64))
+    assert custom == [('NonLocal', None, [(2, 1024, 64, 64)]),
+                      ('CoordConv2d', None, [(2, 256, 64, 64)])]
+
+
+def test_arguments():
+    args = bp.parse_args(['--smoke'])
+    assert (args.batch, args.image, args.warmup, args.repeats) == (2, (64, 64), 1, 2)
+    args = bp.parse_args(['--smoke', '--repeats', '5', '--only', 'SE', 'SK'])
+    assert args.repeats == 5 and args.only == ['SE', 'SK']
+    args = bp.parse_args([])
+    assert (args.batch, tuple(args.image), args.warmup, args.repeats) == (8, (224, 224), 2, 10)
+    for bad in (['--repeats', '0'], ['--only', 'Nope'], ['--shape', '1', '2', '3'],
+                ['--shape', '1', '8', '4', '4', '--stages', 'c3'], ['--scale', '-1']):
+        with pytest.raises(SystemExit):
+            bp.parse_args(bad)
+    assert set(bp.MODULES) == {
+        'SE', 'CBAM', 'SGE', 'SK', 'NonLocal', 'STN', 'StripPooling', 'CoordConvPlugin',
+        'CoordConv2d', 'GhostConv2d', 'BlurConv2d', 'BlurPool2d', 'DCNv2UnitMask', 'ASFF',
+        'RFBBlock', 'ASPPBlock', 'MPMBlock'}
