@@ -1,24 +1,39 @@
-"""tools/analysis/config_complexity.py: baselines, exact parameter deltas, DCN MACs, outputs."""
+"""tools/analysis/config_complexity.py: baselines, exact parameter deltas, DCN MACs, outputs.
+
+Also ``--speed`` of it and of ``module_overhead.py`` (the shared ``_timing`` code): smoke-sized
+runs whose numbers are checked for structure only, never for speed.
+"""
 import json
 import os
 import os.path as osp
 import shutil
+import statistics
 import subprocess
 import sys
 
 import pytest
+import torch
 from torch import nn
 
 from mmplug.plugins import SGE
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
+import _timing  # noqa: E402
 import config_complexity as cc  # noqa: E402
+import module_overhead as mo  # noqa: E402
 
 SGE_CONFIG = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py')
 FASTER = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 DEEPLAB = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py'
 SHAPE = (128, 128)
+SPEED_SHAPE = (64, 64)
+#: What ``--speed`` adds to every measurement (and nothing else).
+SPEED_KEYS = {'img_s', 'speed_vs_baseline', 'fwd_ms', 'fwd_samples_ms', 'peak_bytes'}
+#: The keys of a config row without ``--speed``: as before the option existed.
+ROW_KEYS = {'config', 'baseline', 'task', 'shape', 'params', 'macs', 'deform_macs', 'd_params',
+            'd_params_pct', 'd_macs', 'd_macs_pct'}
+COLUMNS = '| config | baseline | params (M) | d params | GMACs | d GMACs |'
 
 _SEG_CONFIG = f'''
 _base_ = '{DEEPLAB}'
@@ -34,6 +49,12 @@ model = dict(backbone=dict(
     dcn=dict(type='DCNv2', deform_groups=1, fallback_on_stride=False),
     stage_with_dcn=(False, True, True, True)))
 '''
+
+
+def _round_ratio(base_ms, ms):
+    """Speed vs baseline as the tools define it: median over rounds of base time / time."""
+    return statistics.median(b / t for b, t in zip(base_ms, ms))
+
 
 
 @pytest.fixture(scope='module')
@@ -156,6 +177,11 @@ def test_table_and_json_from_the_command_line(tmp_path):
     assert list(results['baselines']) == [FASTER]
     [row] = results['configs']
     assert row['d_params'] == 1664 and row['baseline'] == FASTER and row['shape'] == [128, 128]
+    # without --speed: no speed columns, notes or keys (the output the tool always gave)
+    assert f'{COLUMNS}\n| --- | --- | ---: | ---: | ---: | ---: |\n' in table
+    assert 'img/s' not in table and 'speed' not in table
+    assert set(results) == {'baselines', 'configs'} and set(row) == ROW_KEYS
+    assert set(results['baselines'][FASTER]) == {'task', 'shape', 'params', 'macs', 'deform_macs'}
 
 
 def test_progress_without_tqdm_uses_mmengine(monkeypatch, capsys):
@@ -163,3 +189,179 @@ def test_progress_without_tqdm_uses_mmengine(monkeypatch, capsys):
     assert list(cc._progress(['a', 'b'])) == ['a', 'b']
     err = capsys.readouterr().err
     assert '2/2' in err
+
+
+# ------------------------------------------------------------ --speed (structure only)
+
+def test_round_robin_rotates_and_drops_the_warmup():
+    calls = []
+
+    def measure(key):
+        calls.append(key)
+        return len(calls)
+
+    samples = _timing.round_robin('abc', measure, warmup=1, repeats=3)
+    assert ''.join(calls) == 'abc' 'bca' 'cab' 'abc'  # every key once per round, rotating
+    assert samples == {'a': [6, 8, 10], 'b': [4, 9, 11], 'c': [5, 7, 12]}  # warm-up dropped
+
+
+def test_forward_speed_rows():
+    grad_enabled = []
+
+    def forward():
+        grad_enabled.append(torch.is_grad_enabled())
+        torch.ones(64, 64).matmul(torch.ones(64, 64))
+
+    cpu = torch.device('cpu')
+    rows = _timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, warmup=1, repeats=3)
+    assert not any(grad_enabled) and len(grad_enabled) == 2 * (1 + 3)  # no_grad, every round
+    assert set(rows) == {'x', 'y'}
+    for row in rows.values():
+        assert set(row) == SPEED_KEYS and row['speed_vs_baseline'] is None  # no baseline
+        assert len(row['fwd_samples_ms']) == 3 and row['peak_bytes'] is None
+        assert row['img_s'] == pytest.approx(4 / row['fwd_ms'] * 1e3) and row['img_s'] > 0
+    rows = _timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, 0, 2, baseline='y')
+    assert rows['y']['speed_vs_baseline'] == 1.0
+    assert rows['x']['speed_vs_baseline'] == pytest.approx(
+        _round_ratio(rows['y']['fwd_samples_ms'], rows['x']['fwd_samples_ms']))
+
+
+def test_speed_options_and_defaults(capsys):
+    args = cc.parse_args([SGE_CONFIG])
+    assert not args.speed and (args.speed_batch, args.warmup, args.repeats) == (1, 1, 5)
+    args = mo.parse_args([])
+    assert not args.speed and (args.speed_batch, args.warmup, args.repeats) == (8, 2, 10)
+    assert tuple(args.size) == (224, 224)
+    for bad in (['--repeats', '0'], ['--speed-batch', '-1'], ['--warmup', '-1']):
+        with pytest.raises(SystemExit):
+            cc.parse_args([SGE_CONFIG, '--speed', *bad])
+        assert 'must be' in capsys.readouterr().err
+
+
+def _speed_meta(batch=1, repeats=2, warmup=0):
+    args = cc.parse_args([SGE_CONFIG, '--speed', '--device', 'cpu', '--speed-batch', str(batch),
+                          '--repeats', str(repeats), '--warmup', str(warmup)])
+    return _timing.speed_meta(args, torch.get_num_threads())
+
+
+@pytest.fixture(scope='module')
+def speed_run(tmp_path_factory):
+    """``run`` with speed on an mmseg config and a two-stage detector config, 64x64.
+
+    Records how many RoIs the Faster R-CNNs' RoI heads get in the timed forwards.
+    """
+    seg_config = _write(tmp_path_factory.mktemp('speed') / 'deeplabv3_r50-sge_tmp.py',
+                        _SEG_CONFIG)
+    rois = {}
+    real = cc.forward_speed
+
+    def spy(forwards, *args, **kwargs):
+        for job, forward in forwards.items():
+            model = forward.func  # functools.partial(model, inputs, samples, mode='tensor')
+            assert not model.training
+            if getattr(model, 'roi_head', None) is not None:
+                rois[job] = []
+                model.roi_head.bbox_roi_extractor.register_forward_hook(
+                    lambda module, inputs, out, job=job: rois[job].append(len(inputs[1])))
+        return real(forwards, *args, **kwargs)
+
+    meta = _speed_meta()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cc, 'forward_speed', spy)
+        results = cc.run([SGE_CONFIG, seg_config], SPEED_SHAPE, speed=meta, progress=False)
+    return results, meta, seg_config, rois
+
+
+def test_speed_measurements_are_interleaved_with_the_baseline(speed_run):
+    results, meta, _, _ = speed_run
+    assert results['speed'] == meta
+    assert list(results['baselines']) == [FASTER, DEEPLAB]
+    for base in results['baselines'].values():
+        assert base['speed_vs_baseline'] == 1.0
+    for row in results['configs']:
+        base = results['baselines'][row['baseline']]
+        assert row['speed_vs_baseline'] == pytest.approx(
+            _round_ratio(base['fwd_samples_ms'], row['fwd_samples_ms']))
+    for m in [*results['baselines'].values(), *results['configs']]:
+        assert SPEED_KEYS <= set(m) and m['peak_bytes'] is None  # CPU: no peak memory
+        assert len(m['fwd_samples_ms']) == meta['repeats'] and min(m['fwd_samples_ms']) > 0
+        assert m['img_s'] > 0 and m['speed_vs_baseline'] > 0
+        assert m['img_s'] == pytest.approx(meta['batch'] / m['fwd_ms'] * 1e3)
+    json.dumps(results)  # JSON-able
+
+
+def test_speed_times_detectors_with_the_rpn_nms_off(speed_run):
+    _, meta, _, rois = speed_run
+    assert set(rois) == {FASTER, SGE_CONFIG}
+    max_per_img = cc.load_config(FASTER).model.test_cfg.rpn.max_per_img
+    for counts in rois.values():  # 64x64 has 1023 anchors: NMS off keeps max_per_img
+        assert len(counts) == meta['warmup'] + meta['repeats']
+        assert set(counts) == {meta['batch'] * max_per_img}
+
+
+def test_speed_leaves_params_and_macs_as_without_it(speed_run):
+    results, _, seg_config, _ = speed_run
+    plain = cc.run([seg_config], SPEED_SHAPE, progress=False)
+
+    def strip(m):
+        return {k: v for k, v in m.items() if k not in SPEED_KEYS}
+
+    assert strip(results['baselines'][DEEPLAB]) == plain['baselines'][DEEPLAB]
+    assert strip(results['configs'][1]) == plain['configs'][0]
+    assert set(plain['configs'][0]) == ROW_KEYS
+
+
+def test_speed_markdown_columns(speed_run):
+    results, meta, _, _ = speed_run
+    table = cc.to_markdown(results)
+    header = COLUMNS + ' img/s | speed vs baseline |'
+    assert header + '\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n' in table
+    rows = [line for line in table.splitlines() if line.startswith('| ') and '---' not in line]
+    assert len(rows) == 1 + 2 + 2
+    assert all(line.count('|') == header.count('|') for line in rows)
+    for name in results['baselines']:
+        line = next(line for line in rows if line.startswith(f'| {name} | (baseline) |'))
+        assert line.endswith(' | 1.00x |') and float(line.split('|')[-3]) > 0
+    assert 'forward img/s at batch 1' in table and 'RPN\'s NMS off as in note 2' in table
+    assert f'median of {meta["repeats"]} rounds after {meta["warmup"]} warm-up' in table
+    assert 'peak MiB' not in table  # CUDA only
+    # a config without a baseline is timed alone: no ratio
+    alone = dict(results, baselines={}, configs=[dict(results['configs'][1], baseline=None,
+                                                      speed_vs_baseline=None)])
+    assert cc.to_markdown(alone).splitlines()[4].endswith(' | - |')
+
+
+def test_module_overhead_speed(tmp_path, capsys):
+    common = ['--size', *map(str, SPEED_SHAPE), '--only', 'SGE', '--no-progress']
+    plain = mo.main(common)
+    plain_table = capsys.readouterr().out
+    assert plain_table.splitlines()[1] == \
+        '| module | placement | params (M) | d params | GMACs | d GMACs |'
+    assert 'img/s' not in plain_table and set(plain) == {'size', 'rows'}
+    json_path = tmp_path / 'overhead.json'
+    threads = torch.get_num_threads()
+    results = mo.main(common + ['--speed', '--speed-batch', '2', '--repeats', '2', '--warmup',
+                                '0', '--threads', '1', '--device', 'cpu', '--json',
+                                str(json_path)])
+    table = capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # restored after the run
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(results))
+    speed = results['speed']
+    assert (speed['batch'], speed['repeats'], speed['warmup'], speed['threads']) == (2, 2, 0, 1)
+    base, sge = results['rows']
+    assert (base['module'], sge['module']) == ('ResNet-50', 'SGE')
+    assert base['speed_vs_baseline'] == 1.0
+    assert sge['speed_vs_baseline'] == pytest.approx(
+        _round_ratio(base['fwd_samples_ms'], sge['fwd_samples_ms']))
+    for row, plain_row in zip(results['rows'], plain['rows']):
+        assert row['img_s'] == pytest.approx(2 / row['fwd_ms'] * 1e3) and row['img_s'] > 0
+        assert len(row['fwd_samples_ms']) == 2 and row['peak_bytes'] is None
+        assert {k: v for k, v in row.items() if k not in SPEED_KEYS} == plain_row
+    lines = table.splitlines()
+    assert lines[1] == plain_table.splitlines()[1] + ' img/s | speed vs baseline |'
+    assert lines[3].endswith(' | 1.00x |')
+    # dropping the two speed cells and the note gives the table without --speed
+    cut = [line.rsplit(' |', 3)[0] + ' |' if line.startswith('|') else line
+           for line in lines[:5]]
+    assert '\n'.join(cut) + '\n' == plain_table
+    assert lines[5] == '' and 'Input: 2x3x64x64.' in lines[6] and len(lines) == 7

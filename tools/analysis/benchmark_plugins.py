@@ -95,17 +95,17 @@ import copy
 import importlib
 import json
 import math
-import platform
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 
 import torch
 from torch import nn
 
 import mmplug
-# a sibling script (on sys.path when this one runs); importing it registers mmplug
+# sibling scripts (on sys.path when this one runs); importing module_overhead registers mmplug
+from _timing import (MIB, device_name, fmt, fmt_ratio, non_negative_int, num_threads,
+                     positive, progress_bar, round_robin, timer)
 from module_overhead import count_macs
 
 #: Feature levels: name -> (channels, stride). c2-c5: ResNet-50 stage outputs;
@@ -118,7 +118,6 @@ SMOKE = dict(batch=2, image=(64, 64), width_div=4, warmup=1, repeats=2)
 
 #: Parity holds when max |ours - peer| <= PARITY_TOL * max(1, max |peer|).
 PARITY_TOL = 1e-4
-MIB = 2**20
 
 
 class Candidate:
@@ -482,26 +481,6 @@ def _first_tensor(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _timer(device):
-    """``timed(fn)``: milliseconds of ``fn()`` (CUDA events after a synchronize on CUDA)."""
-    if device.type == 'cuda':
-        def timed(fn):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
-    else:
-        def timed(fn):
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-    return timed
-
-
 def _randomize_(module, seed):
     """Seeded random weights (``1/sqrt(fan_in)`` for >1-D, 0.5 otherwise) and BN statistics."""
     gen = torch.Generator().manual_seed(seed)
@@ -568,29 +547,6 @@ def _setup(candidate, inputs, grad_inputs, device, ours):
     return module, row
 
 
-def _progress(total, desc):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        from mmengine.utils import ProgressBar
-
-        class _Bar:
-            def __init__(self):
-                self.bar = ProgressBar(total, file=sys.stderr)
-
-            def update(self, n=1):
-                for _ in range(n):
-                    self.bar.update()
-
-            def set_description(self, text):
-                pass
-
-            def close(self):
-                sys.stderr.write('\n')
-        return _Bar()
-    return tqdm(total=total, desc=desc, unit='round', file=sys.stderr)
-
-
 def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
     """Build module ``name`` and its peers for inputs of ``shapes`` and measure them.
 
@@ -619,10 +575,8 @@ def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
             ours = module
         rows.append(row)
         built.append(module)
-    timed = _timer(device)
-    samples = {i: ([], []) for i, m in enumerate(built) if m is not None}
-    clone_samples = []
-    entries = [None] + list(samples)  # None: the clone floor
+    timed = timer(device)
+    entries = [None] + [i for i, m in enumerate(built) if m is not None]  # None: clone floor
 
     def forward(module):
         with torch.no_grad():
@@ -631,25 +585,20 @@ def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
     def forward_backward(module):
         _loss(module(*grad_inputs)).backward()
 
-    for r in range(warmup + repeats):
-        k = r % len(entries)
-        for entry in entries[k:] + entries[:k]:
-            if entry is None:
-                t = timed(lambda: [x.clone() for x in inputs])
-                if r >= warmup:
-                    clone_samples.append(t)
-                continue
-            module = built[entry]
-            t_fwd = timed(lambda: forward(module))
-            module.zero_grad(set_to_none=True)
-            for x in grad_inputs:
-                x.grad = None
-            t_bwd = timed(lambda: forward_backward(module))
-            if r >= warmup:
-                samples[entry][0].append(t_fwd)
-                samples[entry][1].append(t_bwd)
-        if bar is not None:
-            bar.update()
+    def measure(entry):
+        if entry is None:
+            return timed(lambda: [x.clone() for x in inputs])
+        module = built[entry]
+        t_fwd = timed(lambda: forward(module))
+        module.zero_grad(set_to_none=True)
+        for x in grad_inputs:
+            x.grad = None
+        return t_fwd, timed(lambda: forward_backward(module))
+
+    got = round_robin(entries, measure, warmup, repeats,
+                      on_round=None if bar is None else bar.update)
+    clone_samples = got.pop(None)
+    samples = {i: ([f for f, _ in s], [b for _, b in s]) for i, s in got.items()}
     clone_ms = statistics.median(clone_samples)
     for i, row in enumerate(rows):
         fwd, bwd = samples.get(i, (None, None))
@@ -683,7 +632,7 @@ def plan(names, stages=None, shape=None, batch=8, image=(224, 224), scale=1.0, w
 
 def run(jobs, device, warmup, repeats, progress=True):
     """Measure every job of ``plan``; a list of group dicts (``measure_group`` plus labels)."""
-    bar = _progress(len(jobs) * (warmup + repeats), 'benchmark') if progress else None
+    bar = progress_bar(len(jobs) * (warmup + repeats), 'benchmark') if progress else None
     groups = []
     try:
         for name, stage, shapes in jobs:
@@ -702,19 +651,6 @@ def run(jobs, device, warmup, repeats, progress=True):
 
 # ------------------------------------------------------------ output
 
-def _fmt(value, digits=3):
-    if value is None:
-        return '-'
-    if value == 0:
-        return '0'
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
-    return f'{value:.{decimals}f}'
-
-
-def _ratio(value):
-    return '' if value is None else f'{value:.2f}x'
-
-
 def to_markdown(results):
     """The table, the parity checks and the footnotes."""
     meta, groups = results['meta'], results['groups']
@@ -731,7 +667,7 @@ def to_markdown(results):
         + (' ---: |' if cuda else '')]
     parity = []
     for g in groups:
-        cells = [g['module'], g['shape'], '`x.clone()` floor', '-', '-', _fmt(g['clone_ms']),
+        cells = [g['module'], g['shape'], '`x.clone()` floor', '-', '-', fmt(g['clone_ms']),
                  '-', '-', '1.00x', '', '']
         lines.append('| ' + ' | '.join(cells + (['-'] if cuda else [])) + ' |')
         for row in g['rows']:
@@ -742,11 +678,11 @@ def to_markdown(results):
                 cells = [g['module'], g['shape'], impl, f'failed: {row["error"]}'] + [''] * 7
             else:
                 cells = [g['module'], g['shape'], impl, f'{row["params"]:,}',
-                         _fmt(row['macs'] / 1e6), _fmt(row['fwd_ms']), _fmt(row['fwd_bwd_ms']),
-                         _fmt(row['saved_bytes'] / MIB), _ratio(row['fwd_per_clone']),
-                         _ratio(row['fwd_vs_peer']), _ratio(row['fwd_bwd_vs_peer'])]
+                         fmt(row['macs'] / 1e6), fmt(row['fwd_ms']), fmt(row['fwd_bwd_ms']),
+                         fmt(row['saved_bytes'] / MIB), fmt_ratio(row['fwd_per_clone']),
+                         fmt_ratio(row['fwd_vs_peer']), fmt_ratio(row['fwd_bwd_vs_peer'])]
             if cuda:
-                cells.append('' if row['peak_bytes'] is None else _fmt(row['peak_bytes'] / MIB))
+                cells.append('' if row['peak_bytes'] is None else fmt(row['peak_bytes'] / MIB))
             lines.append('| ' + ' | '.join(cells) + ' |')
             p = row['parity']
             if p is not None:
@@ -784,51 +720,22 @@ def to_markdown(results):
     return '\n'.join(lines) + '\n'
 
 
-def _device_name(device):
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return f'CPU {line.split(":", 1)[1].strip()}'
-    except OSError:
-        pass
-    return f'CPU {platform.processor() or platform.machine()}'
-
-
-def _positive(cast):
-    def parse(text):
-        value = cast(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
-        return value
-    return parse
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--only', nargs='+', choices=list(MODULES), metavar='MODULE',
                         help=f'modules to measure (default: all): {", ".join(MODULES)}')
     parser.add_argument('--stages', nargs='+', choices=list(STAGES),
                         help="feature levels for every module (default: each module's own)")
-    parser.add_argument('--shape', type=_positive(int), nargs=4, metavar=('N', 'C', 'H', 'W'),
+    parser.add_argument('--shape', type=positive(int), nargs=4, metavar=('N', 'C', 'H', 'W'),
                         help='one stage-output shape instead of the stages')
-    parser.add_argument('--batch', type=_positive(int), help='images per batch (default 8)')
-    parser.add_argument('--image', type=_positive(int), nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--batch', type=positive(int), help='images per batch (default 8)')
+    parser.add_argument('--image', type=positive(int), nargs=2, metavar=('H', 'W'),
                         help='image size the stage shapes derive from (default 224 224)')
-    parser.add_argument('--scale', type=_positive(float), default=1.0,
+    parser.add_argument('--scale', type=positive(float), default=1.0,
                         help='multiply the image size (default 1)')
-    parser.add_argument('--warmup', type=_non_negative_int, help='warm-up rounds (default 2)')
-    parser.add_argument('--repeats', type=_positive(int), help='timed rounds (default 10)')
-    parser.add_argument('--threads', type=_positive(int),
+    parser.add_argument('--warmup', type=non_negative_int, help='warm-up rounds (default 2)')
+    parser.add_argument('--repeats', type=positive(int), help='timed rounds (default 10)')
+    parser.add_argument('--threads', type=positive(int),
                         help='torch intra-op threads (default torch.get_num_threads())')
     parser.add_argument('--device', help="'cpu' or 'cuda' (default: cuda when available)")
     parser.add_argument('--smoke', action='store_true',
@@ -856,15 +763,10 @@ def main(argv=None):
     names = args.only or list(MODULES)
     jobs = plan(names, args.stages, args.shape, args.batch, args.image, args.scale,
                 args.width_div)
-    threads_before = torch.get_num_threads()
-    threads = args.threads or threads_before
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(args.threads) as threads:
         groups = run(jobs, device, args.warmup, args.repeats, progress=not args.no_progress)
-    finally:
-        torch.set_num_threads(threads_before)
     image = [max(1, round(s * args.scale)) for s in args.image]
-    meta = dict(device=str(device), device_name=_device_name(device), threads=threads,
+    meta = dict(device=str(device), device_name=device_name(device), threads=threads,
                 torch=torch.__version__, warmup=args.warmup, repeats=args.repeats,
                 batch=args.batch, image=image, shape=args.shape, smoke=args.smoke,
                 date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),

@@ -20,22 +20,45 @@ is and is not counted.
 A folder argument takes every ``*.py`` under it, recursively, except demo twins
 (``*_demo_*``) and ``_base_`` folders (partial configs).
 
+With ``--speed`` the tool also measures forward images/s (``mode='tensor'``,
+eval mode, ``torch.no_grad()``, ``--speed-batch`` images of the same size,
+default 1) and adds the columns ``img/s`` and ``speed vs baseline`` (median over
+rounds of the baseline's time over the config's). Each baseline is built together with every config measured
+against it and they are timed **interleaved**: every round runs each model
+once, in an order rotating by one per round, and the medians of ``--repeats``
+rounds after ``--warmup`` are reported (``_timing.forward_speed``, the clock of
+``benchmark_plugins.py``), so the noise of a busy machine falls on all of them
+alike. Two-stage detectors are timed as they are counted, with the RPN's NMS
+switched off (IoU threshold 1.0): every RoI head then runs on
+``test_cfg.rpn.max_per_img`` proposals per image, the same work in the
+baseline and the config, where random weights would otherwise let NMS keep a
+random number (the NMS call itself still runs and is timed). A group holds all
+its models in memory at once (about 15 Faster R-CNNs for ``configs/``). On
+CUDA (``--device cuda``, the default when available) the times come from CUDA
+events and a ``peak MiB`` column gives each forward's peak memory above the
+weights; that path has not been run here (CPU only). Params and MACs are
+always counted on the CPU, at batch 1; without ``--speed`` the output is what
+it always was.
+
     python tools/analysis/config_complexity.py configs/                 # every real config
     python tools/analysis/config_complexity.py configs/sge/*_1x_coco.py --out t.md --json t.json
     python tools/analysis/config_complexity.py configs/ --shape 128 128  # quick run
+    python tools/analysis/config_complexity.py configs/ --speed --threads 2 --shape 512 512
 """
 import argparse
+import functools
 import importlib
 import json
 import os
 import os.path as osp
-import sys
 
 import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-# a sibling script (on sys.path when this one runs); importing it registers mmplug
+# sibling scripts (on sys.path when this one runs); importing module_overhead registers mmplug
+from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
+                     progress_bar, speed_meta, speed_note)
 from module_overhead import count_macs
 
 #: default_scope -> (task, data sample class in ``<scope>.structures``, default H, W)
@@ -165,30 +188,46 @@ def build_model(config):
     return model, scope
 
 
+def make_inputs(scope, shape=None, batch=1, device=None):
+    """``(shape, inputs, data_samples)`` for ``model(inputs, data_samples, mode='tensor')``.
+
+    ``inputs`` is a random ``batch x 3 x H x W`` tensor (``shape`` or the
+    scope's default), one data sample per image with the metainfo of an
+    unscaled, unpadded image.
+    """
+    _, sample_name, default_shape = SCOPES[scope]
+    shape = tuple(shape or default_shape)
+    check_shape(shape)
+    sample_cls = getattr(importlib.import_module(f'{scope}.structures'), sample_name)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                scale_factor=(1.0, 1.0))
+    inputs = torch.randn(batch, 3, *shape, device=device)
+    return shape, inputs, [sample_cls(metainfo=meta) for _ in range(batch)]
+
+
 def measure(model, scope, shape=None):
     """Params and MACs of ``model`` (built by ``build_model``) on one ``1x3xHxW`` image.
 
     Returns a dict: ``task``, ``shape`` [H, W], ``params``, ``macs`` (deformable
     convs included) and ``deform_macs`` (the part added for deformable convs).
     """
-    task, sample_name, default_shape = SCOPES[scope]
-    shape = tuple(shape or default_shape)
-    check_shape(shape)
-    sample_cls = getattr(importlib.import_module(f'{scope}.structures'), sample_name)
-    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
-                scale_factor=(1.0, 1.0))
-    inputs = torch.randn(1, 3, *shape)
-    samples = [sample_cls(metainfo=meta)]
+    shape, inputs, samples = make_inputs(scope, shape)
     macs, deform_macs = count_macs(model, lambda: model(inputs, samples, mode='tensor'))
-    return dict(task=task, shape=list(shape), params=sum(p.numel() for p in model.parameters()),
-                macs=macs, deform_macs=deform_macs)
+    return dict(task=SCOPES[scope][0], shape=list(shape),
+                params=sum(p.numel() for p in model.parameters()), macs=macs,
+                deform_macs=deform_macs)
+
+
+def _build_and_measure(config, shape=None):
+    """``(model, scope, measurement)`` of ``config``, seeded: the same numbers every run."""
+    torch.manual_seed(0)
+    model, scope = build_model(config)
+    return model, scope, measure(model, scope, shape)
 
 
 def measure_config(config, shape=None):
     """``measure`` of ``build_model(config)``, seeded: the same numbers every run."""
-    torch.manual_seed(0)
-    model, scope = build_model(config)
-    return measure(model, scope, shape)
+    return _build_and_measure(config, shape)[2]
 
 
 def _display_name(path):
@@ -197,33 +236,83 @@ def _display_name(path):
 
 
 def _progress(items):
+    bar = progress_bar(len(items), unit='model')
     try:
-        from tqdm import tqdm
-    except ImportError:
-        from mmengine.utils import ProgressBar
-        bar = ProgressBar(len(items), file=sys.stderr)
         for item in items:
             yield item
             bar.update()
-    else:
-        yield from tqdm(items, file=sys.stderr, unit='model')
+    finally:
+        bar.close()
 
 
-def run(configs, shape=None):
+def _measure_and_time(groups, shape, speed, progress=True):
+    """``measure_config`` of every job of ``groups`` plus its forward speed.
+
+    Each group (a baseline first, then the configs measured against it; or one
+    config without a baseline) is built at once and timed by
+    ``_timing.forward_speed``, round-robin; ratios against the group's first
+    job when it is a baseline. Returns {job: measurement with the speed keys}.
+    """
+    device = torch.device(speed['device'])
+    batch, warmup, repeats = speed['batch'], speed['warmup'], speed['repeats']
+    total = sum(len(jobs) for jobs, _ in groups) + len(groups) * (warmup + repeats)
+    bar = progress_bar(total, 'measure + time', 'step') if progress else None
+    tick = None if bar is None else bar.update
+    measured = {}
+    try:
+        for jobs, baseline in groups:
+            forwards = {}
+            for job in jobs:
+                try:
+                    model, scope, measured[job] = _build_and_measure(job, shape)
+                    _, inputs, samples = make_inputs(scope, shape, batch, device)
+                    forwards[job] = functools.partial(model.to(device), inputs, samples,
+                                                      mode='tensor')
+                except Exception as err:
+                    raise RuntimeError(f'measuring {job} failed: {err}') from err
+                if tick is not None:
+                    tick()
+            try:
+                speeds = forward_speed(forwards, batch, device, warmup, repeats, baseline, tick)
+            except Exception as err:
+                raise RuntimeError(f'timing {", ".join(jobs)} failed: {err}') from err
+            del forwards  # free the group's models
+            for job, row in speeds.items():
+                measured[job].update(row)
+    finally:
+        if bar is not None:
+            bar.close()
+    return measured
+
+
+def run(configs, shape=None, speed=None, progress=True):
     """Measure ``configs`` (files) and their baselines, each baseline once.
+
+    With ``speed`` (``_timing.speed_meta``: ``device``, ``batch``, ``warmup``,
+    ``repeats``) every baseline is also timed interleaved with its configs
+    (``_measure_and_time``).
 
     Returns a JSON-able dict: ``baselines`` {name: measurement} and ``configs``, a list
     of measurements with ``config``, ``baseline`` and the differences to it (``d_params``,
-    ``d_params_pct``, ``d_macs``, ``d_macs_pct``; None without a baseline).
+    ``d_params_pct``, ``d_macs``, ``d_macs_pct``; None without a baseline). With
+    ``speed``, every measurement also has ``img_s``, ``speed_vs_baseline`` (None
+    without a baseline), ``fwd_ms``, ``fwd_samples_ms`` and ``peak_bytes`` (CUDA),
+    and the dict a ``speed`` entry: how the speed was measured.
     """
     baseline_of = {config: find_baseline(config) for config in configs}
     baselines = list(dict.fromkeys(b for b in baseline_of.values() if b is not None))
     measured = {}
-    for job in _progress(baselines + list(configs)):
-        try:
-            measured[job] = measure_config(job, shape)
-        except Exception as err:
-            raise RuntimeError(f'measuring {job} failed: {err}') from err
+    if speed is None:
+        jobs = baselines + list(configs)
+        for job in _progress(jobs) if progress else jobs:
+            try:
+                measured[job] = measure_config(job, shape)
+            except Exception as err:
+                raise RuntimeError(f'measuring {job} failed: {err}') from err
+    else:
+        groups = [([b] + [c for c in configs if baseline_of[c] == b], b) for b in baselines]
+        groups += [([c], None) for c in configs if baseline_of[c] is None]
+        measured = _measure_and_time(groups, shape, speed, progress)
     rows = []
     for config in configs:
         row = dict(config=_display_name(config), baseline=baseline_of[config], **measured[config])
@@ -233,7 +322,10 @@ def run(configs, shape=None):
             row[f'd_{key}'] = diff
             row[f'd_{key}_pct'] = None if base is None else diff / base[key] * 100
         rows.append(row)
-    return dict(baselines={b: measured[b] for b in baselines}, configs=rows)
+    results = dict(baselines={b: measured[b] for b in baselines}, configs=rows)
+    if speed is not None:
+        results['speed'] = speed
+    return results
 
 
 def _pct(value):
@@ -248,15 +340,25 @@ def to_markdown(results):
     for row in measured:
         shapes.setdefault(row['task'], row['shape'])
     notes = ['all', *shapes, 'deform' if any(m['deform_macs'] for m in measured) else None]
+    speed = results.get('speed')
+    cuda = speed is not None and speed['device'].startswith('cuda')
+    extra = ['img/s', 'speed vs baseline'] + (['peak MiB'] if cuda else []) if speed else []
     lines = ['Params and MACs for one image, ' + ', '.join(
-        f'{task} 1x3x{h}x{w}' for task, (h, w) in shapes.items()) + '.', '',
-        '| config | baseline | params (M) | d params | GMACs | d GMACs |',
-        '| --- | --- | ---: | ---: | ---: | ---: |']
+        f'{task} 1x3x{h}x{w}' for task, (h, w) in shapes.items())
+        + (f'; forward img/s at batch {speed["batch"]} of the same size' if speed else '')
+        + '.', '',
+        '| config | baseline | params (M) | d params | GMACs | d GMACs |'
+        + ''.join(f' {c} |' for c in extra),
+        '| --- | --- | ---: | ---: | ---: | ---: |' + ' ---: |' * len(extra)]
 
     def line(name, baseline, m, d_params, d_macs):
         star = '*' if m['deform_macs'] else ''
+        cells = [fmt(m['img_s']), fmt_ratio(m['speed_vs_baseline']) or '-'] if speed else []
+        if cuda:
+            cells.append(fmt(m['peak_bytes'] / MIB))
         lines.append(f'| {name} | {baseline} | {m["params"] / 1e6:.2f} | {d_params} '
-                     f'| {m["macs"] / 1e9:.3f}{star} | {d_macs} |')
+                     f'| {m["macs"] / 1e9:.3f}{star} | {d_macs} |'
+                     + ''.join(f' {c} |' for c in cells))
 
     for name, m in results['baselines'].items():
         line(name, '(baseline)', m, '-', '-')
@@ -268,7 +370,15 @@ def to_markdown(results):
                  f'{row["d_params"]:+,} ({_pct(row["d_params_pct"])})',
                  f'{row["d_macs"] / 1e9:+.3f} ({_pct(row["d_macs_pct"])})')
     lines.append('')
-    lines += [f'{i}. {FOOTNOTES[note]}' for i, note in enumerate(filter(None, notes), 1)]
+    notes = [note for note in notes if note]
+    texts = [FOOTNOTES[note] for note in notes]
+    if speed:
+        texts.append(speed_note(speed) + (
+            ' Two-stage detectors are timed with the RPN\'s NMS off as in note '
+            f'{notes.index("detection") + 1}, so a config and its baseline run their RoI heads '
+            'on the same number of proposals (the NMS call itself is timed).'
+            if 'detection' in notes else ''))
+    lines += [f'{i}. {text}' for i, text in enumerate(texts, 1)]
     return '\n'.join(lines) + '\n'
 
 
@@ -281,6 +391,8 @@ def parse_args(argv=None):
                              'segmentation 512 1024); divisible by 32')
     parser.add_argument('--out', help='also write the markdown table to this file')
     parser.add_argument('--json', help='also write every number to this JSON file')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    add_speed_args(parser, batch=1, warmup=1, repeats=5)
     args = parser.parse_args(argv)
     if args.shape is not None:
         try:
@@ -295,7 +407,9 @@ def main(argv=None):
     configs = find_configs(args.configs)
     if not configs:
         raise SystemExit(f'no configs found in {args.configs}')
-    results = run(configs, args.shape)
+    with num_threads(args.threads) as threads:
+        speed = speed_meta(args, threads) if args.speed else None
+        results = run(configs, args.shape, speed, progress=not args.no_progress)
     table = to_markdown(results)
     print(table, end='')
     if args.out:

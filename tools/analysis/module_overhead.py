@@ -12,10 +12,25 @@ counted, as in fvcore/mmengine counters). mmcv's deformable conv runs outside
 aten, so a ``DCNv2UnitMask`` is counted as its dense conv (the MACs of the
 sampled im2col product; bilinear sampling is not counted).
 
+With ``--speed`` it also measures forward images/s of every variant (eval
+mode, ``torch.no_grad()``, ``--speed-batch`` images of ``--size``, default 8 of
+224x224) and adds the columns ``img/s`` and ``speed vs baseline`` (median over
+rounds of the plain ResNet-50's time over the variant's). All variants are built first and timed **interleaved**
+with the plain ResNet-50: every round runs each once, in an order rotating by
+one per round, and the medians of ``--repeats`` rounds after ``--warmup`` are
+reported (``_timing.forward_speed``, the clock of ``benchmark_plugins.py``), so
+the noise of a busy machine falls on all of them alike. On CUDA (``--device
+cuda``, the default when available) the times come from CUDA events and a
+``peak MiB`` column gives each forward's peak memory above the weights; that
+path has not been run here (CPU only). Without ``--speed`` the output is what
+it always was.
+
     python tools/analysis/module_overhead.py                 # 224x224, all variants
     python tools/analysis/module_overhead.py --size 800 1216 --only SE NonLocal
+    python tools/analysis/module_overhead.py --speed --threads 2 --json overhead.json
 """
 import argparse
+import json
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -23,6 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import mmplug  # noqa: F401  registers every module
 from mmplug.conv.modulated_deform_conv import \
     modulated_deform_conv2d as torch_modulated_deform_conv2d
+
+# a sibling module (on sys.path when this script runs)
+from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
+                     progress_bar, speed_meta, speed_note)
 
 try:
     from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
@@ -109,29 +128,102 @@ def count(model, size):
     return params, macs
 
 
-def main():
+BASELINE = 'ResNet-50'
+
+
+def run(names, size, speed=None, progress=True):
+    """Params and MACs of the variants ``names`` (the first is the baseline) at ``size``.
+
+    Args:
+        names (list[str]): Keys of ``VARIANTS``; ``names[0]`` is what the
+            differences and speed ratios are taken against.
+        size (tuple): (H, W) of the input.
+        speed (dict, optional): ``_timing.speed_meta``: also time every variant's
+            forward (``device``, ``batch``, ``warmup``, ``repeats``).
+        progress (bool): A progress bar over the timing rounds (stderr).
+
+    Returns:
+        list[dict]: one per variant: ``module``, ``placement``, ``params``, ``macs``
+        and, with ``speed``, ``_timing.forward_speed``'s ``img_s``,
+        ``speed_vs_baseline``, ``fwd_ms``, ``fwd_samples_ms``, ``peak_bytes``.
+    """
+    torch.manual_seed(0)
+    rows, models = [], {}
+    for name in names:
+        kwargs, where = VARIANTS[name]
+        model = build_resnet50(**kwargs)
+        params, macs = count(model, size)
+        rows.append(dict(module=name, placement=where, params=params, macs=macs))
+        if speed is not None:
+            models[name] = model
+    if speed is not None:
+        device = torch.device(speed['device'])
+        x = torch.randn(speed['batch'], 3, *size, device=device)
+        forwards = {name: (lambda m=model.to(device): m(x)) for name, model in models.items()}
+        rounds = speed['warmup'] + speed['repeats']
+        bar = progress_bar(rounds, 'timing', 'round') if progress else None
+        try:
+            speeds = forward_speed(forwards, speed['batch'], device, speed['warmup'],
+                                   speed['repeats'], baseline=names[0],
+                                   on_round=None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
+        for row in rows:
+            row.update(speeds[row['module']])
+    return rows
+
+
+def to_markdown(rows, size, speed=None):
+    """The table (the tool's stdout): one row per variant, differences to ``rows[0]``."""
+    base_params, base_macs = rows[0]['params'], rows[0]['macs']
+    cuda = speed is not None and speed['device'].startswith('cuda')
+    extra = ['img/s', 'speed vs baseline'] + (['peak MiB'] if cuda else []) if speed else []
+    lines = [f'ResNet-50 backbone (mmdet ResNet, out_indices 0-3), input 1x3x{size[0]}x{size[1]}',
+             '| module | placement | params (M) | d params | GMACs | d GMACs |'
+             + ''.join(f' {c} |' for c in extra),
+             '| --- | --- | ---: | ---: | ---: | ---: |' + ' ---: |' * len(extra)]
+    for row in rows:
+        dp = (row['params'] - base_params) / base_params * 100
+        dm = (row['macs'] - base_macs) / base_macs * 100
+        cells = [fmt(row['img_s']), fmt_ratio(row['speed_vs_baseline'])] if speed else []
+        if cuda:
+            cells.append(fmt(row['peak_bytes'] / MIB))
+        lines.append(f'| {row["module"]} | {row["placement"]} | {row["params"] / 1e6:.2f} '
+                     f'| {dp:+.1f}% | {row["macs"] / 1e9:.3f} | {dm:+.1f}% |'
+                     + ''.join(f' {c} |' for c in cells))
+    if speed:
+        lines += ['', f'{speed_note(speed)} Input: {speed["batch"]}x3x{size[0]}x{size[1]}.']
+    return '\n'.join(lines) + '\n'
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
     parser.add_argument('--only', nargs='+', choices=list(VARIANTS)[1:],
                         help='variants to measure (the plain ResNet-50 always is)')
-    args = parser.parse_args()
-    names = ['ResNet-50'] + (args.only or list(VARIANTS)[1:])
+    parser.add_argument('--json', help='also write every number to this JSON file')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    add_speed_args(parser, batch=8, warmup=2, repeats=10)
+    return parser.parse_args(argv)
 
-    torch.manual_seed(0)
-    rows = []
-    for name in names:
-        kwargs, where = VARIANTS[name]
-        params, macs = count(build_resnet50(**kwargs), args.size)
-        rows.append((name, where, params, macs))
-    base_params, base_macs = rows[0][2], rows[0][3]
 
-    print(f'ResNet-50 backbone (mmdet ResNet, out_indices 0-3), input 1x3x{args.size[0]}x{args.size[1]}')
-    print('| module | placement | params (M) | d params | GMACs | d GMACs |')
-    print('| --- | --- | ---: | ---: | ---: | ---: |')
-    for name, where, params, macs in rows:
-        dp = (params - base_params) / base_params * 100
-        dm = (macs - base_macs) / base_macs * 100
-        print(f'| {name} | {where} | {params / 1e6:.2f} | {dp:+.1f}% | {macs / 1e9:.3f} | {dm:+.1f}% |')
+def main(argv=None):
+    """Print the table (arguments as on the command line); returns the results dict."""
+    args = parse_args(argv)
+    names = [BASELINE] + (args.only or list(VARIANTS)[1:])
+    with num_threads(args.threads) as threads:
+        speed = speed_meta(args, threads) if args.speed else None
+        rows = run(names, tuple(args.size), speed, progress=not args.no_progress)
+    print(to_markdown(rows, args.size, speed), end='')
+    results = dict(size=list(args.size), rows=rows)
+    if speed:
+        results['speed'] = speed
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump(results, f, indent=2)
+            f.write('\n')
+    return results
 
 
 if __name__ == '__main__':

@@ -1,0 +1,250 @@
+"""Interleaved timing shared by the analysis tools.
+
+``benchmark_plugins.py`` (modules against their peers), ``module_overhead.py``
+(plain vs plugged ResNet-50) and ``config_complexity.py`` (configs vs their
+baselines) all time candidates **round-robin**: each round times every
+candidate once, in an order that rotates by one from round to round, so the
+noise of a busy machine falls on all of them alike; warm-up rounds are dropped
+and medians reported. This module holds that schedule (``round_robin``), the
+clock (``timer``: ``perf_counter`` on the CPU, CUDA events after a synchronize
+on CUDA), the forward-throughput measurement of whole models
+(``forward_speed``) and the small command-line and formatting helpers the
+tools share.
+
+The CUDA paths (events, peak memory) are written but have not been run here
+(CPU only).
+"""
+import argparse
+import contextlib
+import math
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+MIB = 2**20
+
+
+def timer(device):
+    """``timed(fn)``: milliseconds of ``fn()`` (CUDA events after a synchronize on CUDA)."""
+    if device.type == 'cuda':
+        def timed(fn):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def timed(fn):
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+    return timed
+
+
+def round_robin(keys, measure, warmup, repeats, on_round=None):
+    """Call ``measure(key)`` for every key in each of ``warmup + repeats`` rounds.
+
+    Round ``r`` starts at key ``r % len(keys)`` and wraps around, so every key
+    is timed early and late in a round equally often.
+
+    Args:
+        keys (list): What to measure, in the order of round 0.
+        measure (callable): ``measure(key)`` returns one sample (e.g. ms).
+        warmup (int): Rounds whose samples are dropped.
+        repeats (int): Rounds whose samples are kept.
+        on_round (callable, optional): Called after each round (a progress bar).
+
+    Returns:
+        dict: key -> list of the ``repeats`` kept samples, in round order.
+    """
+    keys = list(keys)
+    samples = {key: [] for key in keys}
+    for r in range(warmup + repeats):
+        k = r % len(keys)
+        for key in keys[k:] + keys[:k]:
+            sample = measure(key)
+            if r >= warmup:
+                samples[key].append(sample)
+        if on_round is not None:
+            on_round()
+    return samples
+
+
+def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_round=None):
+    """Forward images/s of models, timed round-robin (``round_robin``) under ``no_grad``.
+
+    Args:
+        forwards (dict): name -> ``fn()`` that runs one forward of a batch of
+            ``images`` images (model in eval mode and inputs on ``device``: the
+            caller's job).
+        images (int): Images per forward, for images/s.
+        device (torch.device): Where the models run (the clock follows it).
+        warmup (int): Rounds not counted.
+        repeats (int): Rounds counted (medians).
+        baseline (str, optional): Name the ratios are taken against.
+        on_round (callable, optional): Called after each round.
+
+    Returns:
+        dict: name -> dict with ``fwd_ms`` (median), ``fwd_samples_ms``,
+        ``img_s`` (``images`` over the median time), ``speed_vs_baseline``
+        (median over rounds of the baseline's time over this model's time in
+        the same round: robust to rounds slowed by other jobs, which a ratio of
+        medians is not; None without a baseline) and
+        ``peak_bytes`` (CUDA: peak memory allocated during one forward above
+        what was allocated before it, i.e. activations and workspace, not the
+        weights; None on the CPU).
+    """
+    timed = timer(device)
+    peaks = dict.fromkeys(forwards)
+    with torch.no_grad():
+        if device.type == 'cuda':  # one untimed forward each, before the rounds
+            for name, forward in forwards.items():
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+                forward()
+                torch.cuda.synchronize(device)
+                peaks[name] = torch.cuda.max_memory_allocated(device) - before
+        samples = round_robin(list(forwards), lambda name: timed(forwards[name]), warmup,
+                              repeats, on_round)
+    rows = {}
+    for name, times in samples.items():
+        ms = statistics.median(times)
+        rows[name] = dict(fwd_ms=ms, fwd_samples_ms=times, img_s=images / ms * 1e3,
+                          peak_bytes=peaks[name])
+    base = samples.get(baseline)
+    for name, row in rows.items():
+        row['speed_vs_baseline'] = None if base is None else statistics.median(
+            b / t for b, t in zip(base, samples[name]))
+    return rows
+
+
+@contextlib.contextmanager
+def num_threads(threads=None):
+    """Run the block with ``threads`` torch intra-op threads (None: unchanged); yields the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def progress_bar(total, desc=None, unit='round'):
+    """A tqdm bar on stderr (mmengine's ProgressBar without tqdm): ``update()``, ``close()``."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        from mmengine.utils import ProgressBar
+
+        class _Bar:
+            def __init__(self):
+                self.bar = ProgressBar(total, file=sys.stderr)
+
+            def update(self, n=1):
+                for _ in range(n):
+                    self.bar.update()
+
+            def set_description(self, text):
+                pass
+
+            def close(self):
+                sys.stderr.write('\n')
+        return _Bar()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo``."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return f'CPU {line.split(":", 1)[1].strip()}'
+    except OSError:
+        pass
+    return f'CPU {platform.processor() or platform.machine()}'
+
+
+def fmt(value, digits=3):
+    """``value`` with ``digits`` significant digits, no exponent; '-' for None."""
+    if value is None:
+        return '-'
+    if value == 0:
+        return '0'
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return f'{value:.{decimals}f}'
+
+
+def fmt_ratio(value):
+    """``1.23x``; '' for None."""
+    return '' if value is None else f'{value:.2f}x'
+
+
+def positive(cast):
+    """An argparse ``type``: ``cast(text)``, rejected unless > 0."""
+    def parse(text):
+        value = cast(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
+        return value
+    return parse
+
+
+def non_negative_int(text):
+    """An argparse ``type``: an int >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def add_speed_args(parser, batch, warmup, repeats):
+    """Add ``--speed`` and its settings (defaults: ``batch``, ``warmup``, ``repeats``)."""
+    group = parser.add_argument_group('forward speed (with --speed)')
+    group.add_argument('--speed', action='store_true',
+                       help='also measure forward images/s, interleaved with the baseline')
+    group.add_argument('--speed-batch', type=positive(int), default=batch,
+                       help=f'images per timed forward (default {batch})')
+    group.add_argument('--warmup', type=non_negative_int, default=warmup,
+                       help=f'untimed rounds (default {warmup})')
+    group.add_argument('--repeats', type=positive(int), default=repeats,
+                       help=f'timed rounds, medians (default {repeats})')
+    group.add_argument('--threads', type=positive(int),
+                       help='torch intra-op threads (default torch.get_num_threads())')
+    group.add_argument('--device', help="'cpu' or 'cuda' for the timing (default: cuda when "
+                       'available); params and MACs are always counted on the CPU')
+
+
+def speed_meta(args, threads):
+    """What a speed run was: device, threads, torch, batch, warm-up and repeats (JSON-able)."""
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    return dict(device=str(device), device_name=device_name(device), threads=threads,
+                torch=torch.__version__, batch=args.speed_batch, warmup=args.warmup,
+                repeats=args.repeats)
+
+
+def speed_note(meta):
+    """One sentence saying how the img/s were measured (for a table's notes)."""
+    note = (f'img/s: forward images per second at batch {meta["batch"]}, eval mode, '
+            f'`torch.no_grad()`, fp32, median of {meta["repeats"]} rounds after '
+            f'{meta["warmup"]} warm-up; in each round the baseline and every model measured '
+            'against it run once, in an order that rotates from round to round, so they '
+            'share the machine\'s noise. speed vs baseline: median over the rounds of the '
+            'baseline\'s time over the model\'s time in the same round (below 1.00x: '
+            f'slower). {meta["device_name"]}, '
+            f'{meta["threads"]} thread{"s" if meta["threads"] != 1 else ""}, '
+            f'torch {meta["torch"]}.')
+    if meta['device'].startswith('cuda'):
+        note += (' CUDA: CUDA-event times after a synchronize; peak MiB: peak memory '
+                 'allocated during one forward above what was allocated before it '
+                 '(activations and workspace, not the weights).')
+    return note
