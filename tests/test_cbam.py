@@ -510,9 +510,13 @@ def test_backward_inside_mmdet_resnet():
     for net in (model, ref):
         net.train()
         net(x)[0].square().mean().backward()
+    # Relative to each parameter's largest gradient, but not below 1e-9 of the model's: on
+    # c5's 1x1 maps some gradients are ~1e-13, pure summation-order noise in either path.
+    scale = max(q.grad.abs().max() for q in ref.parameters() if q.grad is not None)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         if p.grad is not None:
-            assert (p.grad - q.grad).abs().max() <= 1e-5 * q.grad.abs().max(), name
+            tol = 1e-5 * max(q.grad.abs().max(), 1e-4 * scale)
+            assert (p.grad - q.grad).abs().max() <= tol, name
 
 
 def test_init_weights_survive_backbone_init():
