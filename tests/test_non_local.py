@@ -215,7 +215,7 @@ def test_training_on_cpu_runs_the_recomputing_function_only_when_needed():
     with torch.no_grad():
         plain = nl(x)
     assert plain.grad_fn is None
-    torch.testing.assert_close(nl(x), plain, rtol=1e-6, atol=1e-6)  # one function, two paths
+    torch.testing.assert_close(nl(x), plain, rtol=1e-5, atol=1e-5)  # one function, two paths
     nl.requires_grad_(False)
     assert '_RecomputedProjectionAttentionBackward' in _graph_nodes(nl(x))  # x needs grad
     assert nl(x.detach()).grad_fn is None  # frozen and no input grad: no graph at all
@@ -249,7 +249,8 @@ def test_recomputed_gradients_match_plain_autograd(sub_sample, norm_cfg, x_grad,
     ref, wants = _grads(nl, x, True, monkeypatch)
     assert '_RecomputedProjectionAttentionBackward' in _graph_nodes(out)
     assert '_RecomputedProjectionAttentionBackward' not in _graph_nodes(ref)
-    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    # fp32 summation order differs (channels-last projections, thread count): ~3e-6 seen.
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     scale = max(w.abs().max().item() for w in wants)
     # theta/phi/g/conv_out weights and biases; with a norm the conv's bias gives way to BN's two.
     assert len(grads) == len(wants) == 8 + (1 if norm_cfg else 0) + x_grad
