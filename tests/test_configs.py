@@ -18,6 +18,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 from mmplug.data import generate_cityscapes_shapes, generate_coco_shapes
+from mmplug.utils import pretrained_entries
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
@@ -133,22 +134,7 @@ def test_configs_are_found():
 @pytest.mark.parametrize('name', REAL_CONFIGS)
 def test_real_config_keeps_pretrained_init_and_has_a_twin(name):
     cfg = _load(name)
-    refs = []
-
-    def collect(node):
-        if isinstance(node, dict):
-            if isinstance(node.get('init_cfg'), dict) and node['init_cfg'].get(
-                    'type') == 'Pretrained':
-                refs.append(node['init_cfg']['checkpoint'])
-            if isinstance(node.get('pretrained'), str):
-                refs.append(node['pretrained'])
-            for v in node.values():
-                collect(v)
-        elif isinstance(node, (list, tuple)):
-            for v in node:
-                collect(v)
-
-    collect(cfg.model)
+    refs = list(pretrained_entries(cfg.model, 'model'))
     if 'ghost' not in name:  # Ghost-ResNet has no ImageNet weights (documented in its config)
         assert refs, f'{name}: no ImageNet-pretrained initialisation'
     assert _twin_of(name) is not None, f'{name} has no demo twin in its folder'

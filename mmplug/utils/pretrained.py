@@ -10,7 +10,7 @@ import importlib.util
 import os.path as osp
 
 
-def _pretrained_entries(node, key=''):
+def pretrained_entries(node, key=''):
     """Yield ``(config key, checkpoint)`` for every pretrained reference in ``node``."""
     if isinstance(node, dict):
         if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
@@ -18,10 +18,10 @@ def _pretrained_entries(node, key=''):
         if isinstance(node.get('pretrained'), str):
             yield f'{key}.pretrained', node['pretrained']
         for k, v in node.items():
-            yield from _pretrained_entries(v, f'{key}.{k}' if key else k)
+            yield from pretrained_entries(v, f'{key}.{k}' if key else k)
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
-            yield from _pretrained_entries(v, f'{key}.{i}')
+            yield from pretrained_entries(v, f'{key}.{i}')
 
 
 def check_pretrained(cfg):
@@ -30,7 +30,7 @@ def check_pretrained(cfg):
     Checks what is knowable offline: ``torchvision://`` needs torchvision, and a
     local path must exist. URLs and ``open-mmlab://`` are left to mmengine.
     """
-    for key, ckpt in _pretrained_entries(cfg.get('model', {}), 'model'):
+    for key, ckpt in pretrained_entries(cfg.get('model', {}), 'model'):
         if ckpt.startswith('torchvision://'):
             if importlib.util.find_spec('torchvision') is None:
                 raise RuntimeError(

@@ -8,14 +8,15 @@ noise of a busy machine falls on all of them alike; warm-up rounds are dropped
 and medians reported. This module holds that schedule (``round_robin``), the
 clock (``timer``: ``perf_counter`` on the CPU, CUDA events after a synchronize
 on CUDA), the forward-throughput measurement of whole models
-(``forward_speed``) and the small command-line and formatting helpers the
-tools share.
+(``forward_speed``) and the small command-line, formatting and output helpers
+the tools share.
 
 The CUDA paths (events, peak memory) are written but have not been run here
 (CPU only).
 """
 import argparse
 import contextlib
+import json
 import math
 import platform
 import statistics
@@ -248,3 +249,15 @@ def speed_note(meta):
                  'allocated during one forward above what was allocated before it '
                  '(activations and workspace, not the weights).')
     return note
+
+
+def write_outputs(table, results, out=None, json_path=None, json_indent=2):
+    """Print the markdown ``table``; write it to ``out`` and ``results`` to ``json_path`` if given."""
+    print(table, end='')
+    if out:
+        with open(out, 'w', encoding='utf-8') as f:
+            f.write(table)
+    if json_path:
+        with open(json_path, 'w', encoding='utf-8') as f:
+            json.dump(results, f, indent=json_indent)
+            f.write('\n')

@@ -93,7 +93,6 @@ but has not been run here (CPU only).
 import argparse
 import copy
 import importlib
-import json
 import math
 import statistics
 import sys
@@ -105,7 +104,7 @@ from torch import nn
 import mmplug
 # sibling scripts (on sys.path when this one runs); importing module_overhead registers mmplug
 from _timing import (MIB, device_name, fmt, fmt_ratio, non_negative_int, num_threads,
-                     positive, progress_bar, round_robin, timer)
+                     positive, progress_bar, round_robin, timer, write_outputs)
 from module_overhead import count_macs
 
 #: Feature levels: name -> (channels, stride). c2-c5: ResNet-50 stage outputs;
@@ -772,15 +771,7 @@ def main(argv=None):
                 date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                 argv=list(sys.argv[1:] if argv is None else argv))
     results = dict(meta=meta, groups=groups)
-    table = to_markdown(results)
-    print(table, end='')
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            f.write(table)
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump(results, f, indent=1)
-            f.write('\n')
+    write_outputs(to_markdown(results), results, args.out, args.json, json_indent=1)
     return results
 
 

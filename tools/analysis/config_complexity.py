@@ -48,7 +48,6 @@ it always was.
 import argparse
 import functools
 import importlib
-import json
 import os
 import os.path as osp
 
@@ -58,7 +57,7 @@ from mmengine.registry import DefaultScope
 
 # sibling scripts (on sys.path when this one runs); importing module_overhead registers mmplug
 from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
-                     progress_bar, speed_meta, speed_note)
+                     progress_bar, speed_meta, speed_note, write_outputs)
 from module_overhead import count_macs
 
 #: default_scope -> (task, data sample class in ``<scope>.structures``, default H, W)
@@ -410,15 +409,7 @@ def main(argv=None):
     with num_threads(args.threads) as threads:
         speed = speed_meta(args, threads) if args.speed else None
         results = run(configs, args.shape, speed, progress=not args.no_progress)
-    table = to_markdown(results)
-    print(table, end='')
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            f.write(table)
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump(results, f, indent=2)
-            f.write('\n')
+    write_outputs(to_markdown(results), results, args.out, args.json)
     return results
 
 

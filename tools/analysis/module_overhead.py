@@ -30,7 +30,6 @@ it always was.
     python tools/analysis/module_overhead.py --speed --threads 2 --json overhead.json
 """
 import argparse
-import json
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,7 +40,7 @@ from mmplug.conv.modulated_deform_conv import \
 
 # a sibling module (on sys.path when this script runs)
 from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
-                     progress_bar, speed_meta, speed_note)
+                     progress_bar, speed_meta, speed_note, write_outputs)
 
 try:
     from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
@@ -215,14 +214,10 @@ def main(argv=None):
     with num_threads(args.threads) as threads:
         speed = speed_meta(args, threads) if args.speed else None
         rows = run(names, tuple(args.size), speed, progress=not args.no_progress)
-    print(to_markdown(rows, args.size, speed), end='')
     results = dict(size=list(args.size), rows=rows)
     if speed:
         results['speed'] = speed
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump(results, f, indent=2)
-            f.write('\n')
+    write_outputs(to_markdown(rows, args.size, speed), results, json_path=args.json)
     return results
 
 
