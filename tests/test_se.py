@@ -164,7 +164,8 @@ def test_parity_with_mmdet_selayer():
             dst.bias.copy_(src.bias)
     x = torch.randn(3, 96, 10, 7)
     diff = (ours(x) - peer(x)).abs().max().item()
-    assert diff < 1e-6, diff
+    # F.linear vs the peer's 1x1 convs: float32 summation order only.
+    assert diff < 1e-5, diff
 
 
 def test_parity_with_mmseg_selayer():
@@ -179,7 +180,9 @@ def test_parity_with_mmseg_selayer():
             dst.bias.copy_(src.bias)
     x = torch.randn(3, 256, 6, 5)
     diff = (ours(x) - peer(x)).abs().max().item()
-    assert diff < 1e-6, diff
+    # Our FC weights run as F.linear, the peer's as 1x1 convs: a different float32
+    # summation order over 256 inputs of random (unit-scale) weights; measured 2.1e-6.
+    assert diff < 1e-5, diff
     # The documented width difference: mmseg bumps a rounding that loses > 10 %.
     assert SELayer(176, ratio=16).conv1.conv.out_channels == 16
     assert SE(176, rd_divisor=8).rd_channels == 8
