@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmplug.registry import MODELS
+from mmplug.utils.config_check import close_type_names
 
 __all__ = ['PluggedBackbone']
 
@@ -100,8 +101,9 @@ def _plugin_class(layer_type):
     if plugin_cls is None:
         raise ValueError(
             f'PluggedBackbone: plugin type {layer_type!r} is not registered in scope '
-            f"{scope!r} or its parents; import the package that registers it "
-            f"(custom_imports=dict(imports=['mmplug']) in a config)")
+            f"{scope!r} or its parents (close names: {close_type_names(layer_type, registry)}); "
+            f"import the package that registers it (custom_imports=dict(imports=['mmplug']) "
+            f"in a config)")
     return plugin_cls
 
 
@@ -111,10 +113,11 @@ def _build_backbone(cfg):
         with MODELS.switch_scope_and_registry(None) as registry:
             found = registry.get(layer_type) is not None
             scope = registry.scope
+            close = close_type_names(layer_type, registry)
         if not found:
             raise ValueError(
                 f'PluggedBackbone: backbone type {layer_type!r} is not registered in scope '
-                f"{scope!r}; build with the default scope that has it (default_scope='mmdet' "
+                f"{scope!r} (close names: {close}); build with the default scope that has it (default_scope='mmdet' "
                 f"in the config, or DefaultScope.overwrite_default_scope('mmdet')) or name "
                 f"the scope in the type, e.g. 'mmdet.{layer_type}'")
     return MODELS.build(cfg)

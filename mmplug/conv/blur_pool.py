@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_conv_input, check_input, check_int, check_int_pair
 
 _PAD_MODES = {'reflect': 'reflect', 'replicate': 'replicate', 'zero': 'constant',
               'constant': 'constant', 'circular': 'circular'}
@@ -109,14 +109,18 @@ class BlurPool2d(BaseModule):
             persistent=False)
 
     def forward(self, x):
-        c, h, w = x.shape[1:]
-        if c != self.in_channels:
-            raise ValueError(f'{type(self).__name__}: expected {self.in_channels} input '
-                             f'channels, got {c} (input shape {tuple(x.shape)})')
+        check_input(type(self).__name__, x, self.in_channels)
+        h, w = x.shape[2:]
         if self.pad_mode == 'reflect' and min(h, w) <= self.pad[1]:
             raise ValueError(f"{type(self).__name__}: pad_mode='reflect' with filt_size "
-                             f'{self.filt_size} needs H and W > {self.pad[1]}, got {h}x{w}; '
-                             f"use pad_mode='replicate' or 'zero' for such small maps")
+                             f'{self.filt_size} needs H and W > {self.pad[1]}, got {h}x{w} '
+                             f"(input shape {tuple(x.shape)}); use pad_mode='replicate' or "
+                             f"'zero' for such small maps")
+        if self.pad_mode == 'circular' and min(h, w) < self.pad[1]:  # wraps at most once
+            raise ValueError(f"{type(self).__name__}: pad_mode='circular' with filt_size "
+                             f'{self.filt_size} needs H and W >= {self.pad[1]}, got {h}x{w} '
+                             f"(input shape {tuple(x.shape)}); use pad_mode='replicate' or "
+                             f"'zero' for such small maps")
         x = F.pad(x, self.pad, mode=_PAD_MODES[self.pad_mode])  # [N, C, H+f-1, W+f-1]
         return F.conv2d(x, self.filt.to(x.dtype), stride=self.stride,
                         groups=self.in_channels)  # [N, C, ceil(H/s), ceil(W/s)]
@@ -175,6 +179,14 @@ class BlurConv2d(nn.Conv2d):
                  groups=1, bias=True, padding_mode='zeros', *, filt_size=3, pad_mode='reflect',
                  blur_first=False):
         owner = type(self).__name__
+        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
+                            ('groups', groups)):
+            check_int(owner, name, value)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
+                             f'({in_channels}) and out_channels ({out_channels})')
+        for name, value in (('kernel_size', kernel_size), ('dilation', dilation)):
+            check_int_pair(owner, name, value)
         stride_pair = _pair(stride)
         if len(stride_pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
                                         for s in stride_pair) or stride_pair[0] != stride_pair[1]:
@@ -182,12 +194,15 @@ class BlurConv2d(nn.Conv2d):
                              f'got {stride!r}')
         if isinstance(padding, str):
             raise ValueError(f'{owner}: padding must be an int or a pair of ints, got {padding!r}')
+        check_int_pair(owner, 'padding', padding, 0)
         _check_blur_args(owner, filt_size, pad_mode)
         if padding_mode != 'zeros':
             raise ValueError(f"{owner}: only padding_mode='zeros' is supported, "
                              f'got {padding_mode!r}')
         if not isinstance(blur_first, bool):
             raise ValueError(f'{owner}: blur_first must be a bool, got {blur_first!r}')
+        if not isinstance(bias, bool):
+            raise ValueError(f'{owner}: bias must be a bool, got {bias!r}')
         super().__init__(in_channels, out_channels, kernel_size, stride_pair, padding, dilation,
                          groups, bias)
         s = stride_pair[0]
@@ -202,6 +217,8 @@ class BlurConv2d(nn.Conv2d):
         self._conv_stride = s if blur_first else 1
 
     def forward(self, x):
+        check_conv_input(type(self).__name__, x, self.in_channels, self.kernel_size,
+                         self.padding, self.dilation)
         x = self.pre_blur(x)  # [N, C_in, H, W], low-passed when blur_first
         x = F.conv2d(x, self.weight, self.bias, self._conv_stride, self.padding, self.dilation,
                      self.groups)  # [N, C_out, H', W'] (stride 1 unless blur_first)

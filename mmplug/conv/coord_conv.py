@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_conv_input, check_int, check_int_pair
 
 
 def _axis_coords(size, like):
@@ -134,6 +134,22 @@ class CoordConv2d(nn.Conv2d):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
                              f'({in_channels}) and out_channels ({out_channels})')
+        # nn.Conv2d accepts some of these and fails in forward (or inside torch).
+        for name, value in (('kernel_size', kernel_size), ('stride', stride),
+                            ('dilation', dilation)):
+            check_int_pair(owner, name, value)
+        if isinstance(padding, str):
+            if padding not in ('same', 'valid'):
+                raise ValueError(f"{owner}: padding must be 'same', 'valid', an int >= 0 or a "
+                                 f'pair of them, got {padding!r}')
+            if padding == 'same' and check_int_pair(owner, 'stride', stride) != (1, 1):
+                raise ValueError(f"{owner}: padding='same' needs stride 1, got stride "
+                                 f'{stride!r}')
+        else:
+            check_int_pair(owner, 'padding', padding, 0)
+        if padding_mode not in ('zeros', 'reflect', 'replicate', 'circular'):
+            raise ValueError(f"{owner}: padding_mode must be 'zeros', 'reflect', 'replicate' "
+                             f"or 'circular', got {padding_mode!r}")
         if not isinstance(with_r, bool):
             raise ValueError(f'{owner}: with_r must be a bool, got {with_r!r}')
         if not isinstance(bias, bool):
@@ -165,10 +181,15 @@ class CoordConv2d(nn.Conv2d):
     def _conv_forward(self, input, weight, bias):
         # Overriding _conv_forward (not forward) keeps conv/BN fusion exact:
         # mmcv's efficient_conv_bn_eval calls it with the fused weight.
+        check_conv_input(type(self).__name__, input, self.in_channels, self.kernel_size,
+                         self.padding, self.dilation)
         n, c, h, w = input.shape
-        if c != self.in_channels:
-            raise ValueError(f'{type(self).__name__}: expected {self.in_channels} input '
-                             f'channels, got {c} (input shape {tuple(input.shape)})')
+        if self.padding_mode in ('reflect', 'circular') and self.padding != 'valid' and any(
+                p > s - (self.padding_mode == 'reflect')
+                for s, p in zip((h, w), self._reversed_padding_repeated_twice[::-2])):
+            raise ValueError(f"{type(self).__name__}: padding_mode={self.padding_mode!r} needs "
+                             f'the input larger than the padding {self.padding}, got input '
+                             f'shape {tuple(input.shape)}')
         g, k = self.groups, self.num_coords
         coords = _coord_channels(input, self.with_r)  # [N, K, H, W]
         x = torch.cat([input.reshape(n, g, c // g, h, w),

@@ -35,7 +35,7 @@ layout and results (``tests/test_dcn.py`` checks forward and gradients):
   R50 train iteration at 4x128x128 took 1.8 s with 13 such layers in c3-c5
   and 0.66 s without; with this path it takes 0.73 s. It also takes bfloat16
   (mmcv's CPU kernel does not) and contains only standard ops
-  (``torch.export`` and ``torch.compile`` trace it; ONNX export untested).
+  (``torch.export`` and ``torch.compile`` trace it).
 * mmcv's compiled op (``mmcv.ops.modulated_deform_conv2d``): used on every
   other device (CUDA when mmcv is built with CUDA:
   ``FORCE_CUDA=1 MMCV_WITH_OPS=1 pip install mmcv==2.1.0`` or a prebuilt
@@ -50,6 +50,17 @@ an mmcv built with ops: mmengine's optimizer constructor
 (``paramwise_cfg=dict(dcn_offset_lr_mult=...)``) and mmseg's recognise a
 deformable conv by ``isinstance`` of mmcv's class, and mmcv's pack upgrades
 old checkpoint keys; the plain-PyTorch function itself needs no mmcv.
+
+Export (the documented path): ``torch.onnx.export(layer, (x,), dynamo=True)``
+(torch's default exporter, opset >= 16) or ``torch.export.export`` with
+``impl='torch'`` or ``'auto'`` (``'auto'`` takes the plain-PyTorch path under
+``torch.export`` on any device); the batch size may be dynamic, the spatial
+size is fixed at export. ``impl='mmcv'`` raises there, naming that fix: mmcv's
+compiled op cannot be traced (the deprecated TorchScript exporter,
+``dynamo=False``, emits mmcv's own custom ONNX op for it, which plain
+onnxruntime cannot run). ``torch.compile`` traces the plain-PyTorch path
+without graph breaks; mmcv's op breaks the graph (dynamo cannot trace its
+pybind11 function).
 """
 import torch
 from mmcv.ops import ModulatedDeformConv2dPack
@@ -57,7 +68,7 @@ from mmcv.ops import modulated_deform_conv2d as mmcv_modulated_deform_conv2d
 
 from mmplug.conv.modulated_deform_conv import modulated_deform_conv2d
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int, check_int_pair
+from mmplug.utils.validation import check_conv_input, check_int, check_int_pair
 
 
 @MODELS.register_module()
@@ -102,6 +113,8 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
         dtype, like mmcv.
         ``forward`` picks the backend from the input's device (the one
         device branch in it; a trace sees one fixed path).
+        Channels-last inputs work with both backends: mmcv's kernels assume
+        NCHW memory, so the mmcv path makes its tensors contiguous first.
 
     Example:
         >>> import torch
@@ -140,15 +153,32 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
         self.impl = impl
 
     def _deform_conv(self, x):
-        if self.impl == 'torch' or (self.impl == 'auto' and x.device.type == 'cpu'):
+        # torch.export (also behind torch.onnx.export, dynamo=True) cannot trace
+        # mmcv's compiled op; the plain-PyTorch path exports (only standard ops).
+        exporting = torch.compiler.is_exporting()
+        if self.impl == 'torch' or (self.impl == 'auto' and (x.device.type == 'cpu'
+                                                             or exporting)):
             return modulated_deform_conv2d
+        if exporting:
+            raise RuntimeError(
+                f"{type(self).__name__}(impl='mmcv'): mmcv's compiled deformable-conv op "
+                "cannot be traced by torch.export / torch.onnx.export(dynamo=True). Set "
+                "impl='torch' (or 'auto') on the layer before exporting: the plain-PyTorch "
+                'path computes the same function with standard ops.')
         return mmcv_modulated_deform_conv2d
 
     def forward(self, x):
+        check_conv_input(type(self).__name__, x, self.in_channels, self.kernel_size,
+                         self.padding, self.dilation)
         out = self.conv_offset(x)  # [N, 3*G*kh*kw, H', W']
         o1, o2, logit = torch.chunk(out, 3, dim=1)
         offset = torch.cat((o1, o2), dim=1)  # [N, 2*G*kh*kw, H', W']
         mask = 2 * torch.sigmoid(logit)  # [N, G*kh*kw, H', W'], 1 at init
         deform_conv = self._deform_conv(x)
-        return deform_conv(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+        weight = self.weight
+        if deform_conv is mmcv_modulated_deform_conv2d:
+            # mmcv 2.1.0's kernels index these as NCHW memory without checking:
+            # channels-last tensors gave outputs off by their whole scale (CPU).
+            x, offset, mask, weight = (t.contiguous() for t in (x, offset, mask, weight))
+        return deform_conv(x, offset, mask, weight, self.bias, self.stride, self.padding,
                            self.dilation, self.groups, self.deform_groups)

@@ -42,7 +42,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int, check_int_pair
+from mmplug.utils.validation import check_cfg, check_conv_input, check_int, check_int_pair
 
 
 @MODELS.register_module()
@@ -119,8 +119,7 @@ class GhostConv2d(BaseModule):
                 f'{owner}: groups ({groups}) must divide in_channels ({in_channels}) and the '
                 f'primary width ceil(out_channels / ratio) = {init_channels}')
         for name, cfg in (('norm_cfg', norm_cfg), ('act_cfg', act_cfg)):
-            if cfg is not None and not isinstance(cfg, dict):
-                raise ValueError(f'{owner}: {name} must be a dict or None, got {cfg!r}')
+            check_cfg(owner, name, cfg)
 
         # The attributes ConvModule re-exports from its ``conv``.
         self.in_channels = in_channels
@@ -154,6 +153,8 @@ class GhostConv2d(BaseModule):
         return nn.Identity() if act_cfg is None else build_activation_layer(act_cfg)
 
     def forward(self, x):
+        check_conv_input(type(self).__name__, x, self.in_channels, self.kernel_size,
+                         self.padding, self.dilation)
         intrinsic = self.primary_act(self.primary_norm(self.primary_conv(x)))  # [N, m, H', W']
         ghost = self.cheap_act(self.cheap_norm(self.cheap_conv(intrinsic)))  # [N, m(s-1), H', W']
         return torch.cat([intrinsic, ghost], dim=1)[:, :self.out_channels]  # [N, n, H', W']

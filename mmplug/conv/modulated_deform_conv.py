@@ -57,8 +57,12 @@ Choices made here:
 * Non-finite offsets give non-finite outputs (mmcv's kernel samples 0 there).
 * Only standard ops (``grid_sample``, ``conv2d``, elementwise), so the
   function runs on any device and traces for ``torch.compile`` /
-  ``torch.export``; ONNX export (``GridSample``, opset >= 16) is untested
-  here (no ``onnx`` package in this environment).
+  ``torch.export``. ONNX: ``torch.onnx.export(..., dynamo=True)`` (torch's
+  default exporter; ``GridSample`` needs opset >= 16) exports it with a
+  dynamic batch, and onnxruntime matches PyTorch to float rounding
+  (``tests/test_export.py``). The spatial size is fixed at export (the
+  padding to ``2^m + 1`` is computed from it). The deprecated TorchScript
+  exporter (``dynamo=False``) is not supported.
 """
 import torch
 import torch.nn.functional as F

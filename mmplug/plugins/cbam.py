@@ -67,7 +67,7 @@ from torch import nn
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_cfg, check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 def _channel_stats(x):
@@ -355,6 +355,7 @@ class CBAM(BaseModule):
         return torch.sigmoid(self.spatial_norm(self.spatial_conv(desc)))
 
     def forward(self, x):
+        check_input('CBAM', x, self.in_channels)
         tracing = _is_tracing()
         if torch.is_grad_enabled() and not tracing:
             # Eager autograd: the same ops, in autograd functions that save only

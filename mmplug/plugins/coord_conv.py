@@ -30,7 +30,7 @@ from torch import nn
 
 from mmplug.conv.coord_conv import _coord_channels, _num_coords
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 @MODELS.register_module()
@@ -82,9 +82,7 @@ class CoordConvPlugin(BaseModule):
                              f'keeps its size), got {kernel_size!r}')
         if not isinstance(with_r, bool):
             raise ValueError(f'CoordConvPlugin: with_r must be a bool, got {with_r!r}')
-        if conv_cfg is not None and (not isinstance(conv_cfg, dict) or 'type' not in conv_cfg):
-            raise ValueError(f'CoordConvPlugin: conv_cfg must be a dict with a "type" key or '
-                             f'None, got {conv_cfg!r}')
+        check_cfg('CoordConvPlugin', 'conv_cfg', conv_cfg)
         self.in_channels = in_channels
         self.kernel_size = kernel_size
         self.with_r = with_r
@@ -102,5 +100,6 @@ class CoordConvPlugin(BaseModule):
         self._zero_init()
 
     def forward(self, x):
+        check_input('CoordConvPlugin', x, self.in_channels)
         coords = _coord_channels(x, self.with_r)  # [N, K, H, W]
         return x + self.proj(torch.cat([x, coords], dim=1))  # [N, C, H, W]

@@ -71,7 +71,7 @@ from torch.autograd.function import once_differentiable
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 # The fused CPU kernel behind F.scaled_dot_product_attention; called directly
 # for its row log-sum-exp, which the backward kernel takes.
@@ -214,8 +214,7 @@ class NonLocal(BaseModule):
             if not isinstance(value, bool):
                 raise ValueError(f'NonLocal: {name} must be True or False, got {value!r}')
         for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg)):
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(f'NonLocal: {name} must be a dict or None, got {value!r}')
+            check_cfg('NonLocal', name, value)
         self.in_channels = in_channels
         self.inter_channels = reduced_channels('NonLocal', in_channels, rd_ratio, rd_channels,
                                                rd_divisor)
@@ -286,6 +285,7 @@ class NonLocal(BaseModule):
                                                 or any(p.requires_grad for p in params))
 
     def forward(self, x):
+        check_input('NonLocal', x, self.in_channels)
         n, _, h, w = x.shape
         params = [p for m in (self.theta, self.phi, self.g) for p in m.parameters()]
         # softmax_j(theta_i . phi_j * scale) g_j without the [HW, L] matrix kept

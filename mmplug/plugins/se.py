@@ -64,7 +64,7 @@ from torch.nn import functional as F
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_cfg, check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 class _SpatialMean(torch.autograd.Function):
@@ -202,6 +202,7 @@ class SE(BaseModule):
         self._reset_fc()
 
     def forward(self, x):
+        check_input('SE', x, self.in_channels)
         # The Functions only pay off in backward; without grad, plain ops.
         grad = torch.is_grad_enabled()
         n, c = x.shape[:2]

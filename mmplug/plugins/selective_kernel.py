@@ -38,7 +38,7 @@ from mmengine.model import BaseModule, constant_init, kaiming_init
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 @MODELS.register_module()
@@ -133,8 +133,7 @@ class SK(BaseModule):
                 f'got {dilations!r}')
         for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg),
                             ('act_cfg', act_cfg)):
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(f'SK: {name} must be a dict or None, got {value!r}')
+            check_cfg('SK', name, value)
         self.in_channels = in_channels
         self.dilations = tuple(dilations)
         self.groups = groups
@@ -174,6 +173,7 @@ class SK(BaseModule):
                 constant_init(m, 1, bias=0)
 
     def forward(self, x):
+        check_input('SK', x, self.in_channels)
         n, c, h, w = x.shape
         m = len(self.dilations)
         # One grouped conv per path. A single grouped conv whose 5x5 kernel holds

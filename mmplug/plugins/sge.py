@@ -59,7 +59,7 @@ import torch
 from mmengine.model import BaseModule
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_int
+from mmplug.utils.validation import check_input, check_int
 
 # The variance is clamped here before the square root: d sqrt(v)/dv is infinite
 # at v = 0, i.e. NaN gradients whenever a group's map is constant -- e.g. behind
@@ -237,10 +237,8 @@ class SGE(BaseModule):
         torch.nn.init.ones_(self.bias)
 
     def forward(self, x):
+        check_input('SGE', x, self.in_channels)
         n, c, h, w = x.shape
-        if c != self.in_channels:
-            raise ValueError(f'SGE: expected {self.in_channels} input channels, got {c} '
-                             f'(input shape {tuple(x.shape)})')
         args = (x, self.weight, self.bias, self.groups, self.eps)
         if torch.is_grad_enabled() and any(t.requires_grad for t in args[:3]):
             # The Function returns [N*G, C/G, HW]; reshaping outside it keeps the

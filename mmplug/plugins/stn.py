@@ -52,7 +52,7 @@ from torch import nn
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_cfg, check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -87,10 +87,15 @@ def _affine_bilinear_sample(x, theta, padding_mode='zeros'):
     out = 0
     # Eq. 5: the kernel max(0, 1 - |x_s - m|) max(0, 1 - |y_s - n|) is non-zero
     # at the four neighbours only; neighbours outside the map contribute 0.
+    # Each neighbour row/column is clamped once (not once per pair): ONNX export
+    # with optimize=True (onnxscript 0.7) left a dangling input on a repeated
+    # Clip of one tensor, and onnxruntime rejected the model.
+    cols = [(xx, wx, xx.clamp(0, w - 1)) for xx, wx in ((x0, 1 - wx1), (x0 + 1, wx1))]
     for yy, wy in ((y0, 1 - wy1), (y0 + 1, wy1)):
-        for xx, wx in ((x0, 1 - wx1), (x0 + 1, wx1)):
+        row = yy.clamp(0, h - 1) * w
+        for xx, wx, col in cols:
             inside = (xx >= 0) & (xx <= w - 1) & (yy >= 0) & (yy <= h - 1)
-            index = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long()  # [N, H, W]
+            index = (row + col).long()  # [N, H, W]
             value = flat.gather(2, index.view(n, 1, h * w).expand(n, c, h * w))  # [N, C, HW]
             out = out + value * (wx * wy * inside).view(n, 1, h * w)
     return out.view(n, c, h, w)
@@ -199,6 +204,7 @@ class STN(BaseModule):
         self._identity_init()
 
     def forward(self, x):
+        check_input('STN', x, self.in_channels)
         n, c, h, w = x.shape
         feat = self.loc_convs(x).mean(dim=(2, 3))  # [N, C']
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -45,7 +45,7 @@ from torch import nn
 
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_cfg, check_int
+from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 def strip_convs(channels, conv_cfg=None, norm_cfg=dict(type='BN')):
@@ -168,6 +168,7 @@ class StripPooling(BaseModule):
         self._reset()
 
     def forward(self, x):
+        check_input('StripPooling', x, self.in_channels)
         y = self.reduce(x)  # [N, C', H, W]
         y = self.act(strip_pool(y, self.conv_h, self.conv_w))  # [N, C', H, W]
         gate = torch.sigmoid(self.fuse(y)) * self.gate_scale  # [N, C, H, W]

@@ -1,5 +1,6 @@
 """Argument checks shared by the modules: each error names the module, the argument,
 what was expected and the value given."""
+from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
 
@@ -25,9 +26,66 @@ def check_int_pair(owner, name, value, minimum=1):
 
 
 def check_cfg(owner, name, cfg, allow_none=True):
-    """Raise ``ValueError`` unless ``cfg`` is an mmcv layer config (a dict with ``type``)."""
+    """Raise ``ValueError`` unless ``cfg`` is an mmcv layer config: a dict whose
+    ``type`` is a name (str) or a class/function, as mmengine's builders take."""
     if cfg is None and allow_none:
         return
-    if not isinstance(cfg, dict) or 'type' not in cfg:
-        expected = 'a dict with a "type" key' + (' or None' if allow_none else '')
+    if not isinstance(cfg, dict) or not (isinstance(cfg.get('type'), str)
+                                         or callable(cfg.get('type'))):
+        expected = 'a dict with a "type" key (a str or a class)' + \
+            (' or None' if allow_none else '')
         raise ValueError(f'{owner}: {name} must be {expected}, got {cfg!r}')
+    if isinstance(cfg['type'], str):
+        # The lookup mmcv's build_*_layer and mmengine's build_from_cfg do (the
+        # default scope's registry, then its parents); mmcv's own miss message
+        # names neither the type nor the argument ("Cannot find None ...").
+        with MODELS.switch_scope_and_registry(cfg.get('_scope_')) as registry:
+            found = registry.get(cfg['type']) is not None
+        if not found:
+            raise ValueError(f'{owner}: {name} type {cfg["type"]!r} is not a registered layer '
+                             f'(scope {registry.scope!r}), got {cfg!r}')
+
+
+def check_input(owner, x, channels):
+    """Raise unless ``x`` is a floating-point ``[N, channels, H, W]`` tensor.
+
+    For the first line of a ``forward``: plain comparisons on ``x.dim()``,
+    ``x.dtype`` and ``x.shape`` (no tensor ops), so tracing, ``torch.compile``
+    and ONNX export see no extra graph. A wrong ndim raises ``ValueError``, an
+    integer/bool dtype ``TypeError``, a wrong channel count ``ValueError``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f'{owner}: expected a 4-D input [N, {channels}, H, W], got input '
+                         f'shape {tuple(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(f'{owner}: expected a floating-point input, got input dtype {x.dtype}')
+    if x.shape[1] != channels:
+        raise ValueError(f'{owner}: expected {channels} input channels, got {x.shape[1]} '
+                         f'(input shape {tuple(x.shape)})')
+
+
+class InputSizeError(ValueError, RuntimeError):
+    """An input too small for a layer's kernel: a ``ValueError`` with a message that
+    says what was expected, and a ``RuntimeError`` as ``nn.Conv2d`` raises in that
+    case (so code written against ``nn.Conv2d`` still catches it)."""
+
+
+def check_conv_input(owner, x, channels, kernel_size, padding, dilation):
+    """:func:`check_input`, and that the padded input holds one dilated kernel.
+
+    ``kernel_size``, ``padding`` and ``dilation`` are pairs (``padding`` may
+    also be ``'same'`` or ``'valid'``, as for ``nn.Conv2d``). Raises
+    :class:`InputSizeError` where ``nn.Conv2d`` raises a ``RuntimeError``.
+    """
+    check_input(owner, x, channels)
+    if padding == 'same':
+        return
+    padding = (0, 0) if padding == 'valid' else padding
+    size = x.shape[2:]
+    if any(s + 2 * p < d * (k - 1) + 1 for s, k, p, d in zip(size, kernel_size, padding,
+                                                             dilation)):
+        raise InputSizeError(
+            f'{owner}: input {size[0]}x{size[1]} too small for kernel_size {tuple(kernel_size)} '
+            f'with padding {tuple(padding)} and dilation {tuple(dilation)} (needs H + 2 * '
+            f'padding >= dilation * (kernel_size - 1) + 1 on each axis; input shape '
+            f'{tuple(x.shape)})')
