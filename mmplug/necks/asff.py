@@ -306,6 +306,10 @@ class ASFF(BaseModule):
         # |H_l * s_l - H_0 * s_0| < s_l + s_0 (same for W).
         s0, (h0, w0) = self.strides[0], inputs[0].shape[-2:]
         for level, (x, s) in enumerate(zip(inputs, self.strides)):
+            if x.shape[0] != inputs[0].shape[0]:
+                raise ValueError(f'ASFF: every level must have the batch size of level 0 '
+                                 f'({inputs[0].shape[0]}), level {level} has {x.shape[0]} '
+                                 f'(shapes {[list(x.shape) for x in inputs]})')
             h, w = x.shape[-2:]
             if abs(h * s - h0 * s0) >= s + s0 or abs(w * s - w0 * s0) >= s + s0:
                 raise ValueError(

@@ -220,6 +220,9 @@ class ASPPBlock(BaseModule):
         return block.to(head.bottleneck.conv.weight.device)
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'ASPPBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
+                            f'{type(x).__name__}')
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'ASPPBlock: expected [N, {self.in_channels}, H, W], got '
                              f'{list(x.shape)}')

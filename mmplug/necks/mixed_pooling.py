@@ -264,6 +264,12 @@ class MPMBlock(BaseModule):
             self._reset()
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'MPMBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
+                            f'{type(x).__name__}')
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'MPMBlock: expected a [N, {self.in_channels}, H, W] input, got '
+                             f'{list(x.shape)}')
         short = self.short_range(self.reduce_short(x))  # [N, C', H, W]
         long = self.long_range(self.reduce_long(x))  # [N, C', H, W]
         out = self.expand(torch.cat([short, long], dim=1))  # [N, 2C', H, W] -> [N, C_out, H, W]

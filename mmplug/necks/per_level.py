@@ -6,6 +6,7 @@ neck, in a ``neck=[...]`` chain) returns and give a tuple back. RFB, ASPP and MP
 are blocks that transform one feature map; as necks they run one block per
 selected level and pass the other levels through unchanged.
 """
+import torch
 from mmengine.model import BaseModule, ModuleDict
 
 from mmplug.utils.validation import check_int
@@ -34,6 +35,9 @@ def check_inputs(owner, inputs, in_channels):
         raise ValueError(f'{owner}: built for {len(in_channels)} levels (in_channels='
                          f'{list(in_channels)}), got {len(inputs)} feature maps')
     for level, (x, c) in enumerate(zip(inputs, in_channels)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'{owner}: level {level} must be a [N, {c}, H, W] tensor (in_channels['
+                            f'{level}] = {c}), got {type(x).__name__}')
         if x.dim() != 4 or x.shape[1] != c:
             raise ValueError(f'{owner}: level {level} must be [N, {c}, H, W] (in_channels['
                              f'{level}] = {c}), got {list(x.shape)}')

@@ -204,6 +204,9 @@ class RFBBlock(BaseModule):
                 constant_init(m, 1, bias=0)
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'RFBBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
+                            f'{type(x).__name__}')
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'RFBBlock: expected a [N, {self.in_channels}, H, W] input, got '
                              f'{list(x.shape)}')
