@@ -16,6 +16,13 @@ MMPLUG_TYPES = [
     'PluggedBackbone',
 ]
 
+#: Types mmplug registers under other names or in other registries of mmengine's root.
+MMPLUG_OTHER_TYPES = {
+    'MODELS': ['CPUSyncBN'],  # mmplug.utils.CPUSyncBatchNorm, a norm layer for CPU/gloo runs
+    'HOOKS': ['AtomicCheckpointHook'],
+    'MODEL_WRAPPERS': ['CPUDistributedDataParallel'],
+}
+
 
 def _run(code):
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
@@ -50,6 +57,26 @@ def test_no_name_clash_with_mmcv_mmdet_mmseg():
         'assert not before & set(names), before & set(names)\n'
         'assert not set(D.module_dict) & set(names), set(D.module_dict) & set(names)\n'
         'assert not set(S.module_dict) & set(names), set(S.module_dict) & set(names)\n'
+        'print("ok")\n')
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
+
+
+def test_other_registered_types_do_not_clash():
+    proc = _run(
+        'import mmcv.cnn, mmcv.ops\n'
+        'from mmdet.utils import register_all_modules as det\n'
+        'from mmseg.utils import register_all_modules as seg\n'
+        'det(init_default_scope=False); seg(init_default_scope=False)\n'
+        'import mmengine.registry as root, mmdet.registry as d, mmseg.registry as s\n'
+        f'types = {MMPLUG_OTHER_TYPES!r}\n'
+        'before = {k: set(getattr(root, k).module_dict) for k in types}\n'
+        'import mmplug\n'
+        'for k, names in types.items():\n'
+        '    assert not before[k] & set(names), (k, before[k] & set(names))\n'
+        '    for reg in (getattr(d, k), getattr(s, k)):\n'
+        '        assert not set(reg.module_dict) & set(names), (k, reg.scope)\n'
+        '    for n in names:\n'
+        '        assert getattr(root, k).get(n).__module__.startswith("mmplug."), n\n'
         'print("ok")\n')
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
 

@@ -17,6 +17,7 @@ from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
 from mmplug.data import prepare_data
+from mmplug.utils import check_checkpoint_is_safe, check_registered_types
 
 
 def parse_args():
@@ -67,6 +68,7 @@ def main():
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    check_registered_types(cfg)
 
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -74,6 +76,7 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     cfg.load_from = args.checkpoint
+    check_checkpoint_is_safe(cfg.load_from)  # names what a refused checkpoint holds
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
 

@@ -6,6 +6,13 @@ generated on first use; missing real data stops with a message.
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
                                  [--cfg-options k=v ...] [--launcher pytorch]
+
+Checkpoints are written atomically (mmplug's AtomicCheckpointHook replaces
+CheckpointHook) and hold the random generators' states, so a run killed at any
+moment and continued with ``--resume`` ends bit-identical to an uninterrupted one
+on CPU, given a fixed seed (``randomness=dict(seed=...)``), epoch checkpoints for
+epoch-based loops (any interval for iteration-based ones) and, with
+``num_workers > 0``, ``train_dataloader.persistent_workers=False``.
 """
 import argparse
 import os
@@ -17,7 +24,8 @@ from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
 from mmplug.data import prepare_data
-from mmplug.utils import check_pretrained
+from mmplug.utils import (check_checkpoint_is_safe, check_pretrained, check_registered_types,
+                          find_resumable_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
 
 
 def parse_args():
@@ -30,8 +38,9 @@ def parse_args():
                         help='scale the lr by the actual batch size (needs auto_scale_lr in cfg)')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
-        help='resume from the given checkpoint; without a path, from the latest '
-             'checkpoint in the work dir')
+        help='resume from the given checkpoint; without a path, from the latest complete '
+             'checkpoint in the work dir (bit-identical on CPU with a fixed seed and '
+             'persistent_workers=False; see the docstring of tools/train.py)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings of the config, key=value pairs, e.g. '
@@ -52,6 +61,7 @@ def main():
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    check_registered_types(cfg)
 
     # work_dir priority: CLI > config > ./work_dirs/<config name>
     if args.work_dir is not None:
@@ -75,7 +85,8 @@ def main():
 
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        # last_checkpoint, or the newest complete checkpoint if that one is damaged
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -83,6 +94,10 @@ def main():
     prepare_data(cfg)
     # The runner initialises the weights before it loads or resumes, so always check.
     check_pretrained(cfg)
+    use_atomic_checkpoints(cfg)
+    check_checkpoint_is_safe(cfg.get('load_from'))
+    # torchrun on CPUs: a gloo group and a DDP wrapper that takes SyncBN (no-op on GPUs).
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 
