@@ -27,7 +27,7 @@ it always was.
 
     python tools/analysis/module_overhead.py                 # 224x224, all variants
     python tools/analysis/module_overhead.py --size 800 1216 --only SE NonLocal
-    python tools/analysis/module_overhead.py --speed --threads 2 --json overhead.json
+    python tools/analysis/module_overhead.py --speed --threads 2 --out overhead.md --json overhead.json
 """
 import argparse
 
@@ -201,6 +201,7 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, nargs=2, default=(224, 224), metavar=('H', 'W'))
     parser.add_argument('--only', nargs='+', choices=list(VARIANTS)[1:],
                         help='variants to measure (the plain ResNet-50 always is)')
+    parser.add_argument('--out', help='also write the markdown table to this file')
     parser.add_argument('--json', help='also write every number to this JSON file')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     add_speed_args(parser, batch=8, warmup=2, repeats=10)
@@ -217,7 +218,7 @@ def main(argv=None):
     results = dict(size=list(args.size), rows=rows)
     if speed:
         results['speed'] = speed
-    write_outputs(to_markdown(rows, args.size, speed), results, json_path=args.json)
+    write_outputs(to_markdown(rows, args.size, speed), results, args.out, args.json)
     return results
 
 
