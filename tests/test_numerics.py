@@ -88,6 +88,10 @@ KNOWN_TORCH_BUGS = {
 FLAKY_TORCH_BUGS = {
     ('ASFF', 'bf16', '1x1'): 'oneDNN bf16 conv weight gradient, stride 2 on width 1',
     ('ASFF', 'bf16', 'batch1 1x1 eval'): 'oneDNN bf16 conv weight gradient, stride 2 on width 1',
+    # STN's localisation net is 3x3 stride-2 convs: the same bug (a plain nn.Conv2d(16, 2, 3,
+    # stride=2, padding=1) on a [1, 16, 1, 1] input under bf16 autocast gave a wrong weight
+    # gradient in 27 of 60 seeds; seen non-finite in STN once in CI).
+    ('STN', 'bf16', '1x1'): 'oneDNN bf16 conv weight gradient, stride 2 on width 1',
 }
 
 
