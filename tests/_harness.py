@@ -183,3 +183,21 @@ HOST_INIT_CFG = [
     dict(type='Kaiming', layer='Conv2d'),
     dict(type='Constant', val=0.5, layer=['_BatchNorm', 'GroupNorm']),
 ]
+
+
+def assert_same(a, b, where='ckpt'):
+    """Assert two nested checkpoints/state dicts are bit-identical: same keys, lengths,
+    tensor dtypes and shapes, equal values; ``where`` names the first differing entry."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f'{where}[{k!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where

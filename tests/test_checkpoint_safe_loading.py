@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _harness import assert_same
 from _tiny_training import Synthetic, TinyNet
 from mmengine.runner import Runner
 
@@ -375,22 +376,6 @@ def _finish(proc, timeout=120):
     return proc.returncode, proc.log.read_text()
 
 
-def _assert_same(a, b, where='ckpt'):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}[{k!r}]')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, where
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     script = tmp_path / 'train.py'
@@ -440,5 +425,5 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert torch.equal(v, final_b['state_dict'][k]), k
     # training after the resume did change the weights (the check is not vacuous)
     assert not torch.equal(final_b['state_dict']['sge.weight'], mid_b['state_dict']['sge.weight'])
-    _assert_same(final_a['optimizer'], final_b['optimizer'], 'optimizer')
-    _assert_same(final_a['param_schedulers'], final_b['param_schedulers'], 'param_schedulers')
+    assert_same(final_a['optimizer'], final_b['optimizer'], 'optimizer')
+    assert_same(final_a['param_schedulers'], final_b['param_schedulers'], 'param_schedulers')

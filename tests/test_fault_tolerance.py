@@ -19,6 +19,7 @@ import time
 
 import pytest
 import torch
+from _harness import assert_same
 
 import mmplug  # noqa: F401  allow-lists mmengine's checkpoint objects
 from mmplug.utils.atomic_checkpoint import (UnsafeCheckpointError, atomic_write,
@@ -101,27 +102,11 @@ def _load(path):
     return torch.load(path, weights_only=True, map_location='cpu')
 
 
-def _assert_same(a, b, where):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f'{where}[{k!r}]')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, where
-
-
 def _assert_same_training_state(a, b):
     """Model, optimizer, schedulers, RNG, progress and loss history: bit for bit.
     Returns the number of tensors compared."""
     for key in ('state_dict', 'optimizer', 'param_schedulers', 'rng_state'):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
     assert (a['meta']['epoch'], a['meta']['iter']) == (b['meta']['epoch'], b['meta']['iter'])
     scalars_a, scalars_b = a['message_hub']['log_scalars'], b['message_hub']['log_scalars']
     losses = [k for k in scalars_a if 'loss' in k or 'acc' in k or k == 'train/lr']

@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_conv_input, check_input, check_int, check_int_pair
+from mmplug.utils.validation import (check_conv_channels, check_conv_input, check_input,
+                                     check_int, check_int_pair)
 
 _PAD_MODES = {'reflect': 'reflect', 'replicate': 'replicate', 'zero': 'constant',
               'constant': 'constant', 'circular': 'circular'}
@@ -179,12 +180,7 @@ class BlurConv2d(nn.Conv2d):
                  groups=1, bias=True, padding_mode='zeros', *, filt_size=3, pad_mode='reflect',
                  blur_first=False):
         owner = type(self).__name__
-        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
-                            ('groups', groups)):
-            check_int(owner, name, value)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
-                             f'({in_channels}) and out_channels ({out_channels})')
+        check_conv_channels(owner, in_channels, out_channels, groups)
         for name, value in (('kernel_size', kernel_size), ('dilation', dilation)):
             check_int_pair(owner, name, value)
         stride_pair = _pair(stride)

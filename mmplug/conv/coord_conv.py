@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_conv_input, check_int, check_int_pair
+from mmplug.utils.validation import check_conv_channels, check_conv_input, check_int_pair
 
 
 def _axis_coords(size, like):
@@ -128,12 +128,7 @@ class CoordConv2d(nn.Conv2d):
                  dilation=1, groups=1, bias=True, padding_mode='zeros', device=None,
                  dtype=None, *, with_r=False):
         owner = type(self).__name__
-        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
-                            ('groups', groups)):
-            check_int(owner, name, value)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
-                             f'({in_channels}) and out_channels ({out_channels})')
+        check_conv_channels(owner, in_channels, out_channels, groups)
         # nn.Conv2d accepts some of these and fails in forward (or inside torch).
         for name, value in (('kernel_size', kernel_size), ('stride', stride),
                             ('dilation', dilation)):

@@ -68,7 +68,8 @@ from mmcv.ops import modulated_deform_conv2d as mmcv_modulated_deform_conv2d
 
 from mmplug.conv.modulated_deform_conv import modulated_deform_conv2d
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_conv_input, check_int, check_int_pair
+from mmplug.utils.validation import (check_conv_channels, check_conv_input, check_int,
+                                     check_int_pair)
 
 
 @MODELS.register_module()
@@ -131,15 +132,11 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, deform_groups=1, bias=True, *, impl='auto'):
         owner = type(self).__name__
-        for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
-                            ('groups', groups), ('deform_groups', deform_groups)):
-            check_int(owner, name, value)
+        check_conv_channels(owner, in_channels, out_channels, groups)
+        check_int(owner, 'deform_groups', deform_groups)
         for name, value, minimum in (('kernel_size', kernel_size, 1), ('stride', stride, 1),
                                      ('padding', padding, 0), ('dilation', dilation, 1)):
             check_int_pair(owner, name, value, minimum)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
-                             f'({in_channels}) and out_channels ({out_channels})')
         if in_channels % deform_groups:
             raise ValueError(f'{owner}: deform_groups ({deform_groups}) must divide '
                              f'in_channels ({in_channels})')

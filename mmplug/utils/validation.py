@@ -25,6 +25,16 @@ def check_int_pair(owner, name, value, minimum=1):
     return tuple(pair)
 
 
+def check_conv_channels(owner, in_channels, out_channels, groups):
+    """``in_channels``, ``out_channels`` and ``groups`` positive ints, ``groups``
+    dividing both (the checks ``nn.Conv2d`` makes, with the module's name)."""
+    for name, value in (('in_channels', in_channels), ('out_channels', out_channels),
+                        ('groups', groups)):
+        check_int(owner, name, value)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f'{owner}: groups ({groups}) must divide in_channels '
+                         f'({in_channels}) and out_channels ({out_channels})')
+
 def check_cfg(owner, name, cfg, allow_none=True):
     """Raise ``ValueError`` unless ``cfg`` is an mmcv layer config: a dict whose
     ``type`` is a name (str) or a class/function, as mmengine's builders take."""
