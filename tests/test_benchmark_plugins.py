@@ -212,3 +212,21 @@ def test_arguments():
         'SE', 'CBAM', 'SGE', 'SK', 'NonLocal', 'STN', 'StripPooling', 'CoordConvPlugin',
         'CoordConv2d', 'GhostConv2d', 'BlurConv2d', 'BlurPool2d', 'DCNv2UnitMask', 'ASFF',
         'RFBBlock', 'ASPPBlock', 'MPMBlock'}
+
+
+def test_sk_per_branch_loop_is_our_function_in_the_common_structure():
+    """The SK target's reference: same parameters, same outputs, train and eval."""
+    import mmplug
+    torch.manual_seed(0)
+    ours, loop = mmplug.SK(64), bp._SKPerBranchLoop(64)
+    loop.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 64, 9, 9)
+    for train in (True, False):
+        ours.train(train)
+        loop.train(train)
+        y = ours(x)
+        assert y.std() > 0.05  # a non-trivial output
+        torch.testing.assert_close(loop(x), y, rtol=1e-5, atol=1e-5)
+    assert [(c.impl, c.kind) for c in bp._sk(64)] == [
+        ('ours', 'ours'), ('per-branch loop (our function)', 'peer'),
+        ('fightingcv SKAttention', 'peer')]

@@ -179,14 +179,23 @@ class SK(BaseModule):
         # One grouped conv per path. A single grouped conv whose 5x5 kernel holds
         # both paths' taps (2.8x the FLOPs) measured slower on CPU (2 threads,
         # forward+backward: 34 vs 27 ms at 8x256x28x28, 17 vs 11 ms at 8x512x14x14).
-        feats = torch.stack([path(x) for path in self.paths], dim=1)  # [N, M, C, H, W]
+        feats = [path(x) for path in self.paths]  # M x [N, C, H, W]
         # The selection path is tiny ([N, C]) and runs in the parameters' dtype
         # (float32 under autocast): BN over pooled descriptors, which differ
         # little between images, amplifies their bf16/fp16 rounding (measured:
         # up to 8 % mean output error under bf16 autocast, under 1 % with this).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            s = feats.sum(dim=1).mean(dim=(2, 3), keepdim=True,
-                                      dtype=self.fc_select.weight.dtype)  # [N, C, 1, 1]
+            # GAP(sum_m U_m) as the sum of the paths' means: reads each path once
+            # and writes nothing x-sized (stacking and summing wrote three maps).
+            dtype = self.fc_select.weight.dtype
+            s = feats[0].mean(dim=(2, 3), keepdim=True, dtype=dtype)  # [N, C, 1, 1]
+            for f in feats[1:]:
+                s = s + f.mean(dim=(2, 3), keepdim=True, dtype=dtype)
             z = self.fc_reduce(s)  # [N, d, 1, 1]
             attn = self.fc_select(z).view(n, m, c, 1, 1).softmax(dim=1)  # [N, M, C, 1, 1]
-        return (feats * attn.to(feats.dtype)).sum(dim=1)  # [N, C, H, W]
+        attn = attn.to(feats[0].dtype).unbind(dim=1)  # M x [N, C, 1, 1]
+        # V = sum_m a_m * U_m, accumulated in one output buffer.
+        out = feats[0] * attn[0]
+        for f, a in zip(feats[1:], attn[1:]):
+            out = out.addcmul_(f, a)
+        return out  # [N, C, H, W]

@@ -69,8 +69,13 @@ and both run on the first two images in eval mode; the table's footnotes give
 * SGE: fightingcv ``SpatialGroupEnhance`` (same groups).
 * SK: fightingcv ``SKAttention(kernels=[3, 5], group=32)``: full 5x5 grouped
   convs where ours has dilated 3x3s, biases, no BN on ``W``; mapped as in
-  ``tests/test_selective_kernel.py``. Both run the paths one by one in a
-  Python loop; our SK has no other mode, so there is no "loop vs fused" row.
+  ``tests/test_selective_kernel.py``. And "per-branch loop": our function and
+  parameters in the structure of the common implementations (paths and
+  selection FCs in Python loops, outputs stacked, ``U`` materialised; the SK
+  target is measured against it). Ours runs one grouped conv per path too (the
+  two dilations cannot share one dense conv without 2.8x the MACs) but pools
+  the paths without stacking or summing them and accumulates ``V`` in one
+  buffer.
 * NonLocal: mmcv ``NonLocal2d`` (embedded Gaussian, same keys).
 * DCNv2UnitMask: ours with ``impl='torch'`` and ``impl='mmcv'`` (the same
   function) and mmcv's ``ModulatedDeformConv2dPack``, whose mask is
@@ -324,8 +329,31 @@ def _sge(c):
                       lambda: _fcv('SGE').SpatialGroupEnhance(groups=64), _parity_sge_fcv)]
 
 
+class _SKPerBranchLoop(mmplug.SK):
+    """Our SK's function (same parameters and keys) in the structure of the common
+    implementations (fightingcv ``SKAttention``, the SKNet ports): the paths and
+    the per-path selection FCs each run in a Python loop, their outputs are
+    stacked, ``U`` is materialised for the pooling, and ``V`` is the sum of the
+    stacked weighted paths. The SK target (>= 2x faster than this) is measured
+    against it.
+    """
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        m = len(self.paths)
+        outs = [path(x) for path in self.paths]
+        feats = torch.stack(outs, dim=0)  # [M, N, C, H, W]
+        u = feats.sum(dim=0)
+        z = self.fc_reduce(u.mean(dim=(2, 3), keepdim=True))  # [N, d, 1, 1]
+        select = self.fc_select.weight.view(m, c, -1, 1, 1)
+        logits = torch.stack([torch.nn.functional.conv2d(z, w) for w in select])
+        return (feats * logits.softmax(dim=0)).sum(dim=0)
+
+
 def _sk(c):
     return [Candidate('ours', 'ours', lambda: mmplug.SK(c)),
+            Candidate('per-branch loop (our function)', 'peer', lambda: _SKPerBranchLoop(c),
+                      _parity_state_dict),
             Candidate('fightingcv SKAttention', 'peer',
                       lambda: _fcv('SKAttention').SKAttention(channel=c, kernels=[3, 5],
                                                               reduction=16, group=32, L=32),
