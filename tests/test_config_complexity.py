@@ -356,12 +356,44 @@ def test_module_overhead_speed(tmp_path, capsys):
     for row, plain_row in zip(results['rows'], plain['rows']):
         assert row['img_s'] == pytest.approx(2 / row['fwd_ms'] * 1e3) and row['img_s'] > 0
         assert len(row['fwd_samples_ms']) == 2 and row['peak_bytes'] is None
-        assert {k: v for k, v in row.items() if k not in SPEED_KEYS} == plain_row
+        assert {k: v for k, v in row.items()
+                if k not in SPEED_KEYS | {'time_in_module'}} == plain_row
     lines = table.splitlines()
-    assert lines[1] == plain_table.splitlines()[1] + ' img/s | speed vs baseline |'
-    assert lines[3].endswith(' | 1.00x |')
-    # dropping the two speed cells and the note gives the table without --speed
-    cut = [line.rsplit(' |', 3)[0] + ' |' if line.startswith('|') else line
+    assert lines[1] == (plain_table.splitlines()[1]
+                        + ' img/s | speed vs baseline | time in module |')
+    assert lines[3].endswith(' | 1.00x | - |')  # the baseline inserts no module
+    assert base['time_in_module'] is None and 0 < sge['time_in_module'] < 1
+    assert lines[4].endswith(f' | {sge["time_in_module"] * 100:.1f}% |')
+    # dropping the three speed cells and the note gives the table without --speed
+    cut = [line.rsplit(' |', 4)[0] + ' |' if line.startswith('|') else line
            for line in lines[:5]]
     assert '\n'.join(cut) + '\n' == plain_table
     assert lines[5] == '' and 'Input: 2x3x64x64.' in lines[6] and len(lines) == 7
+
+
+def test_time_in_modules_is_the_hooked_share_of_the_forward(monkeypatch):
+    """A fake clock: the hooked module advances it by 3, the rest of the forward by 1."""
+    import time
+    clock = [0.0]
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
+
+    class Tick(torch.nn.Module):
+        def __init__(self, dt):
+            super().__init__()
+            self.dt = dt
+
+        def forward(self, x):
+            clock[0] += self.dt
+            return x
+
+    inner, outer = Tick(3.0), Tick(1.0)
+    model = torch.nn.Sequential(outer, inner)
+    share = mo.time_in_modules([inner], lambda: model(torch.zeros(1)), torch.device('cpu'),
+                               warmup=2, repeats=3)
+    assert share == pytest.approx(0.75)
+    assert not inner._forward_hooks and not inner._forward_pre_hooks  # removed afterwards
+    # the plugin variants' inserted modules are found; conv replacements insert none
+    sge = mo.build_resnet50(**mo.VARIANTS['SGE'][0])
+    assert len(mo.plugin_modules(sge, mo.VARIANTS['SGE'][0])) == 16  # every bottleneck
+    ghost = mo.build_resnet50(**mo.VARIANTS['GhostConv2d'][0])
+    assert mo.plugin_modules(ghost, mo.VARIANTS['GhostConv2d'][0]) == []

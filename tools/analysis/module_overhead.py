@@ -14,8 +14,10 @@ sampled im2col product; bilinear sampling is not counted).
 
 With ``--speed`` it also measures forward images/s of every variant (eval
 mode, ``torch.no_grad()``, ``--speed-batch`` images of ``--size``, default 8 of
-224x224) and adds the columns ``img/s`` and ``speed vs baseline`` (median over
-rounds of the plain ResNet-50's time over the variant's). All variants are built first and timed **interleaved**
+224x224) and adds the columns ``img/s``, ``speed vs baseline`` (median over
+rounds of the plain ResNet-50's time over the variant's) and, for plugins,
+``time in module`` (the share of the plugged model's forward spent inside the
+inserted modules, from forward hooks: ``time_in_modules``). All variants are built first and timed **interleaved**
 with the plain ResNet-50: every round runs each once, in an order rotating by
 one per round, and the medians of ``--repeats`` rounds after ``--warmup`` are
 reported (``_timing.forward_speed``, the clock of ``benchmark_plugins.py``), so
@@ -130,6 +132,57 @@ def count(model, size):
 BASELINE = 'ResNet-50'
 
 
+def plugin_modules(model, kwargs):
+    """The modules a plugin variant inserted into ``model`` (empty for conv replacements)."""
+    from mmplug.registry import MODELS
+    classes = tuple(MODELS.get(p['cfg']['type']) for p in kwargs.get('plugins', ()))
+    return [m for m in model.modules() if classes and isinstance(m, classes)]
+
+
+def time_in_modules(modules, forward, device, warmup=1, repeats=5):
+    """Fraction of ``forward()``'s time spent inside ``modules``, under ``no_grad``.
+
+    Forward pre/post hooks read the clock around every call of the modules
+    (after a synchronize on CUDA) while ``forward()`` runs ``warmup + repeats``
+    times; the fraction is the modules' total over the forwards' total, over
+    the ``repeats`` counted runs. Unlike the ratio of two models' times it does
+    not depend on how alike two separately built models run, so it resolves
+    overheads of a few percent that the round-to-round noise of the ratio hides
+    (here +-2-3 % between runs). The hooks are removed afterwards; the timed
+    img/s columns are measured without them.
+    """
+    import time
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+    inside, starts = [0.0], {}
+
+    def pre(module, args):
+        sync()
+        starts[id(module)] = time.perf_counter()
+
+    def post(module, args, output):
+        sync()
+        inside[0] += time.perf_counter() - starts.pop(id(module))
+
+    hooks = [h for m in modules
+             for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for r in range(warmup + repeats):
+                if r == warmup:
+                    inside[0] = 0.0
+                sync()
+                start = time.perf_counter()
+                forward()
+                sync()
+                if r >= warmup:
+                    total += time.perf_counter() - start
+    finally:
+        for h in hooks:
+            h.remove()
+    return inside[0] / total
+
+
 def run(names, size, speed=None, progress=True):
     """Params and MACs of the variants ``names`` (the first is the baseline) at ``size``.
 
@@ -170,6 +223,9 @@ def run(names, size, speed=None, progress=True):
                 bar.close()
         for row in rows:
             row.update(speeds[row['module']])
+            inserted = plugin_modules(models[row['module']], VARIANTS[row['module']][0])
+            row['time_in_module'] = None if not inserted else time_in_modules(
+                inserted, forwards[row['module']], device, speed['warmup'], speed['repeats'])
     return rows
 
 
@@ -177,7 +233,8 @@ def to_markdown(rows, size, speed=None):
     """The table (the tool's stdout): one row per variant, differences to ``rows[0]``."""
     base_params, base_macs = rows[0]['params'], rows[0]['macs']
     cuda = speed is not None and speed['device'].startswith('cuda')
-    extra = ['img/s', 'speed vs baseline'] + (['peak MiB'] if cuda else []) if speed else []
+    extra = (['img/s', 'speed vs baseline', 'time in module'] + (['peak MiB'] if cuda else [])
+             if speed else [])
     lines = [f'ResNet-50 backbone (mmdet ResNet, out_indices 0-3), input 1x3x{size[0]}x{size[1]}',
              '| module | placement | params (M) | d params | GMACs | d GMACs |'
              + ''.join(f' {c} |' for c in extra),
@@ -185,14 +242,21 @@ def to_markdown(rows, size, speed=None):
     for row in rows:
         dp = (row['params'] - base_params) / base_params * 100
         dm = (row['macs'] - base_macs) / base_macs * 100
-        cells = [fmt(row['img_s']), fmt_ratio(row['speed_vs_baseline'])] if speed else []
+        share = row.get('time_in_module')
+        cells = ([fmt(row['img_s']), fmt_ratio(row['speed_vs_baseline']),
+                  '-' if share is None else f'{share * 100:.1f}%'] if speed else [])
         if cuda:
             cells.append(fmt(row['peak_bytes'] / MIB))
         lines.append(f'| {row["module"]} | {row["placement"]} | {row["params"] / 1e6:.2f} '
                      f'| {dp:+.1f}% | {row["macs"] / 1e9:.3f} | {dm:+.1f}% |'
                      + ''.join(f' {c} |' for c in cells))
     if speed:
-        lines += ['', f'{speed_note(speed)} Input: {speed["batch"]}x3x{size[0]}x{size[1]}.']
+        lines += ['', f'{speed_note(speed)} Input: {speed["batch"]}x3x{size[0]}x{size[1]}. '
+                  'time in module: share of the plugged model\'s forward time spent inside '
+                  'the inserted plugin modules (forward hooks, same batch and rounds, '
+                  'measured after the img/s without hooks; "-" for conv replacements, which '
+                  'take the place of convs); the overhead they imply over the rest of the '
+                  'model is share / (1 - share).']
     return '\n'.join(lines) + '\n'
 
 
