@@ -397,3 +397,32 @@ def test_time_in_modules_is_the_hooked_share_of_the_forward(monkeypatch):
     assert len(mo.plugin_modules(sge, mo.VARIANTS['SGE'][0])) == 16  # every bottleneck
     ghost = mo.build_resnet50(**mo.VARIANTS['GhostConv2d'][0])
     assert mo.plugin_modules(ghost, mo.VARIANTS['GhostConv2d'][0]) == []
+
+
+def test_paired_speed_times_every_config_against_the_baseline_alone(monkeypatch):
+    """A fake clock: the baseline's forward takes 2, config a 1, config b 4."""
+    import time
+    clock, calls = [0.0], []
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
+
+    def forward(name, dt):
+        def run():
+            calls.append(name)
+            clock[0] += dt
+        return run
+
+    forwards = {'base': forward('base', 2.0), 'a': forward('a', 1.0), 'b': forward('b', 4.0)}
+    rows = cc._paired_speed(forwards, 1, torch.device('cpu'), warmup=1, repeats=3,
+                            baseline='base')
+    # a's pair first, then b's; each pair alternates, the order swapped every round
+    assert calls == ['base', 'a', 'a', 'base', 'base', 'a', 'a', 'base',
+                     'base', 'b', 'b', 'base', 'base', 'b', 'b', 'base']
+    assert rows['a']['speed_vs_baseline'] == 2.0 and rows['b']['speed_vs_baseline'] == 0.5
+    assert rows['base']['speed_vs_baseline'] == 1.0
+    assert rows['base']['fwd_samples_ms'] == [2e3] * 6  # pooled from both pairs
+    assert rows['base']['img_s'] == pytest.approx(0.5) and rows['b']['img_s'] == 0.25
+    # a config without a baseline is timed alone
+    alone = cc._paired_speed({'a': forwards['a']}, 1, torch.device('cpu'), 0, 2)
+    assert alone['a']['speed_vs_baseline'] is None and len(alone['a']['fwd_samples_ms']) == 2
+    assert cc._timed_pairs(['base', 'a', 'b'], 'base') == 2
+    assert cc._timed_pairs(['a'], None) == 1

@@ -233,14 +233,21 @@ def speed_meta(args, threads):
                 repeats=args.repeats)
 
 
-def speed_note(meta):
-    """One sentence saying how the img/s were measured (for a table's notes)."""
+def speed_note(meta, paired=False):
+    """One sentence saying how the img/s were measured (for a table's notes).
+
+    ``paired``: every model was timed against its baseline alone (config_complexity's
+    ``_paired_speed``), not in one round with all the others.
+    """
+    order = ('each model measured against a baseline runs in alternation with it alone, '
+             'their order swapped from round to round, so the two share the machine\'s '
+             'noise (the baseline\'s img/s: the median over all its pairs)' if paired else
+             'in each round the baseline and every model measured against it run once, in '
+             'an order that rotates from round to round, so they share the machine\'s noise')
     note = (f'img/s: forward images per second at batch {meta["batch"]}, eval mode, '
             f'`torch.no_grad()`, fp32, median of {meta["repeats"]} rounds after '
-            f'{meta["warmup"]} warm-up; in each round the baseline and every model measured '
-            'against it run once, in an order that rotates from round to round, so they '
-            'share the machine\'s noise. speed vs baseline: median over the rounds of the '
-            'baseline\'s time over the model\'s time in the same round (below 1.00x: '
+            f'{meta["warmup"]} warm-up; {order}. speed vs baseline: median over the rounds '
+            'of the baseline\'s time over the model\'s time in the same round (below 1.00x: '
             f'slower). {meta["device_name"]}, '
             f'{meta["threads"]} thread{"s" if meta["threads"] != 1 else ""}, '
             f'torch {meta["torch"]}.')

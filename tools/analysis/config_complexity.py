@@ -23,12 +23,16 @@ A folder argument takes every ``*.py`` under it, recursively, except demo twins
 With ``--speed`` the tool also measures forward images/s (``mode='tensor'``,
 eval mode, ``torch.no_grad()``, ``--speed-batch`` images of the same size,
 default 1) and adds the columns ``img/s`` and ``speed vs baseline`` (median over
-rounds of the baseline's time over the config's). Each baseline is built together with every config measured
-against it and they are timed **interleaved**: every round runs each model
-once, in an order rotating by one per round, and the medians of ``--repeats``
-rounds after ``--warmup`` are reported (``_timing.forward_speed``, the clock of
-``benchmark_plugins.py``), so the noise of a busy machine falls on all of them
-alike. Two-stage detectors are timed as they are counted, with the RPN's NMS
+rounds of the baseline's time over the config's). Each baseline is built
+together with every config measured against it, and each config is timed
+**paired with its baseline**: the two alternate, their order swapped every
+round, and the medians of ``--repeats`` rounds after ``--warmup`` are reported
+(``_paired_speed`` over ``_timing.forward_speed``, the clock of
+``benchmark_plugins.py``), so the noise of a busy machine falls on both alike
+and the two forwards compared are seconds apart. (Timing a whole group in one
+rotating round, as the first version did, put ~50 s between them for the 15
+Faster R-CNN configs, and ratios moved by up to 0.08 between runs.) The
+baseline's img/s pools its samples from all its pairs. Two-stage detectors are timed as they are counted, with the RPN's NMS
 switched off (IoU threshold 1.0): every RoI head then runs on
 ``test_cfg.rpn.max_per_img`` proposals per image, the same work in the
 baseline and the config, where random weights would otherwise let NMS keep a
@@ -50,6 +54,7 @@ import functools
 import importlib
 import os
 import os.path as osp
+import statistics
 
 import torch
 from mmengine.config import Config
@@ -244,17 +249,50 @@ def _progress(items):
         bar.close()
 
 
+def _timed_pairs(jobs, baseline):
+    """How many ``forward_speed`` runs ``_paired_speed`` makes for a group."""
+    return len(jobs) - 1 if baseline is not None else 1
+
+
+def _paired_speed(forwards, batch, device, warmup, repeats, baseline=None, on_round=None):
+    """``_timing.forward_speed`` of each config **paired with its baseline**.
+
+    Every config is timed against the baseline alone: the two alternate, their
+    order swapped every round, so each ratio compares forwards seconds apart
+    (a round of a whole group, ~15 Faster R-CNNs, took ~50 s on 2 CPU threads,
+    and the machine drifted within it: ratios moved by up to 0.08 between two
+    runs). The baseline's own row pools its samples from every pair. Without a
+    baseline (a config whose ``_base_`` has none) the one config is timed alone.
+    """
+    if baseline is None:
+        return forward_speed(forwards, batch, device, warmup, repeats, None, on_round)
+    speeds, base_samples, base_row = {}, [], None
+    for job, forward in forwards.items():
+        if job == baseline:
+            continue
+        pair = forward_speed({baseline: forwards[baseline], job: forward}, batch, device,
+                             warmup, repeats, baseline, on_round)
+        speeds[job] = pair[job]
+        base_row = pair[baseline]
+        base_samples += base_row['fwd_samples_ms']
+    ms = statistics.median(base_samples)
+    speeds[baseline] = dict(base_row, fwd_ms=ms, fwd_samples_ms=base_samples,
+                            img_s=batch / ms * 1e3, speed_vs_baseline=1.0)
+    return speeds
+
+
 def _measure_and_time(groups, shape, speed, progress=True):
     """``measure_config`` of every job of ``groups`` plus its forward speed.
 
     Each group (a baseline first, then the configs measured against it; or one
-    config without a baseline) is built at once and timed by
-    ``_timing.forward_speed``, round-robin; ratios against the group's first
-    job when it is a baseline. Returns {job: measurement with the speed keys}.
+    config without a baseline) is built at once and timed by ``_paired_speed``:
+    every config alternating with its baseline. Returns {job: measurement with
+    the speed keys}.
     """
     device = torch.device(speed['device'])
     batch, warmup, repeats = speed['batch'], speed['warmup'], speed['repeats']
-    total = sum(len(jobs) for jobs, _ in groups) + len(groups) * (warmup + repeats)
+    total = sum(len(jobs) + _timed_pairs(jobs, baseline) * (warmup + repeats)
+                for jobs, baseline in groups)
     bar = progress_bar(total, 'measure + time', 'step') if progress else None
     tick = None if bar is None else bar.update
     measured = {}
@@ -272,7 +310,7 @@ def _measure_and_time(groups, shape, speed, progress=True):
                 if tick is not None:
                     tick()
             try:
-                speeds = forward_speed(forwards, batch, device, warmup, repeats, baseline, tick)
+                speeds = _paired_speed(forwards, batch, device, warmup, repeats, baseline, tick)
             except Exception as err:
                 raise RuntimeError(f'timing {", ".join(jobs)} failed: {err}') from err
             del forwards  # free the group's models
@@ -372,7 +410,7 @@ def to_markdown(results):
     notes = [note for note in notes if note]
     texts = [FOOTNOTES[note] for note in notes]
     if speed:
-        texts.append(speed_note(speed) + (
+        texts.append(speed_note(speed, paired=True) + (
             ' Two-stage detectors are timed with the RPN\'s NMS off as in note '
             f'{notes.index("detection") + 1}, so a config and its baseline run their RoI heads '
             'on the same number of proposals (the NMS call itself is timed).'
