@@ -29,7 +29,8 @@ DEEPLAB = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-40k_cityscapes-512x1024.py'
 SHAPE = (128, 128)
 SPEED_SHAPE = (64, 64)
 #: What ``--speed`` adds to every measurement (and nothing else).
-SPEED_KEYS = {'img_s', 'speed_vs_baseline', 'fwd_ms', 'fwd_samples_ms', 'peak_bytes'}
+SPEED_KEYS = {'img_s', 'speed_vs_baseline', 'speed_vs_baseline_iqr', 'fwd_ms', 'fwd_samples_ms',
+              'peak_bytes'}
 #: The keys of a config row without ``--speed``: as before the option existed.
 ROW_KEYS = {'config', 'baseline', 'task', 'shape', 'params', 'macs', 'deform_macs', 'd_params',
             'd_params_pct', 'd_macs', 'd_macs_pct'}

@@ -96,7 +96,9 @@ def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_r
         ``img_s`` (``images`` over the median time), ``speed_vs_baseline``
         (median over rounds of the baseline's time over this model's time in
         the same round: robust to rounds slowed by other jobs, which a ratio of
-        medians is not; None without a baseline) and
+        medians is not; None without a baseline), ``speed_vs_baseline_iqr``
+        (the quartiles ``[q1, q3]`` of those per-round ratios: how much the
+        rounds disagreed; None without a baseline) and
         ``peak_bytes`` (CUDA: peak memory allocated during one forward above
         what was allocated before it, i.e. activations and workspace, not the
         weights; None on the CPU).
@@ -121,9 +123,30 @@ def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_r
                           peak_bytes=peaks[name])
     base = samples.get(baseline)
     for name, row in rows.items():
-        row['speed_vs_baseline'] = None if base is None else statistics.median(
-            b / t for b, t in zip(base, samples[name]))
+        ratios = None if base is None else [b / t for b, t in zip(base, samples[name])]
+        row['speed_vs_baseline'] = None if ratios is None else statistics.median(ratios)
+        row['speed_vs_baseline_iqr'] = None if ratios is None else quartiles(ratios)
     return rows
+
+
+def quartiles(values):
+    """``[q1, q3]`` of ``values`` (``statistics.quantiles``, inclusive method)."""
+    if len(values) == 1:
+        return [values[0], values[0]]
+    q1, _, q3 = statistics.quantiles(values, n=4, method='inclusive')
+    return [q1, q3]
+
+
+def fmt_speed(row):
+    """The ``speed vs baseline`` cell: ``0.93x (0.90-0.95)``, the median ratio and its
+    quartiles over the rounds (``1.00x`` alone where they all agree, as for the
+    baseline itself); '-' without a ratio."""
+    ratio, iqr = row.get('speed_vs_baseline'), row.get('speed_vs_baseline_iqr')
+    if ratio is None:
+        return '-'
+    if iqr is None or iqr[0] == iqr[1] == ratio:
+        return fmt_ratio(ratio)
+    return f'{fmt_ratio(ratio)} ({iqr[0]:.2f}-{iqr[1]:.2f})'
 
 
 @contextlib.contextmanager
@@ -248,7 +271,8 @@ def speed_note(meta, paired=False):
             f'`torch.no_grad()`, fp32, median of {meta["repeats"]} rounds after '
             f'{meta["warmup"]} warm-up; {order}. speed vs baseline: median over the rounds '
             'of the baseline\'s time over the model\'s time in the same round (below 1.00x: '
-            f'slower). {meta["device_name"]}, '
+            'slower), in brackets the quartiles of those per-round ratios (half the rounds '
+            f'fell between them). {meta["device_name"]}, '
             f'{meta["threads"]} thread{"s" if meta["threads"] != 1 else ""}, '
             f'torch {meta["torch"]}.')
     if meta['device'].startswith('cuda'):

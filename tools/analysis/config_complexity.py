@@ -61,7 +61,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 # sibling scripts (on sys.path when this one runs); importing module_overhead registers mmplug
-from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
+from _timing import (MIB, add_speed_args, fmt, fmt_speed, forward_speed, num_threads,
                      progress_bar, speed_meta, speed_note, write_outputs)
 from module_overhead import count_macs
 
@@ -277,7 +277,8 @@ def _paired_speed(forwards, batch, device, warmup, repeats, baseline=None, on_ro
         base_samples += base_row['fwd_samples_ms']
     ms = statistics.median(base_samples)
     speeds[baseline] = dict(base_row, fwd_ms=ms, fwd_samples_ms=base_samples,
-                            img_s=batch / ms * 1e3, speed_vs_baseline=1.0)
+                            img_s=batch / ms * 1e3, speed_vs_baseline=1.0,
+                            speed_vs_baseline_iqr=[1.0, 1.0])
     return speeds
 
 
@@ -390,7 +391,7 @@ def to_markdown(results):
 
     def line(name, baseline, m, d_params, d_macs):
         star = '*' if m['deform_macs'] else ''
-        cells = [fmt(m['img_s']), fmt_ratio(m['speed_vs_baseline']) or '-'] if speed else []
+        cells = [fmt(m['img_s']), fmt_speed(m)] if speed else []
         if cuda:
             cells.append(fmt(m['peak_bytes'] / MIB))
         lines.append(f'| {name} | {baseline} | {m["params"] / 1e6:.2f} | {d_params} '

@@ -41,7 +41,7 @@ from mmplug.conv.modulated_deform_conv import \
     modulated_deform_conv2d as torch_modulated_deform_conv2d
 
 # a sibling module (on sys.path when this script runs)
-from _timing import (MIB, add_speed_args, fmt, fmt_ratio, forward_speed, num_threads,
+from _timing import (MIB, add_speed_args, fmt, fmt_speed, forward_speed, num_threads,
                      progress_bar, speed_meta, speed_note, write_outputs)
 
 try:
@@ -243,7 +243,7 @@ def to_markdown(rows, size, speed=None):
         dp = (row['params'] - base_params) / base_params * 100
         dm = (row['macs'] - base_macs) / base_macs * 100
         share = row.get('time_in_module')
-        cells = ([fmt(row['img_s']), fmt_ratio(row['speed_vs_baseline']),
+        cells = ([fmt(row['img_s']), fmt_speed(row),
                   '-' if share is None else f'{share * 100:.1f}%'] if speed else [])
         if cuda:
             cells.append(fmt(row['peak_bytes'] / MIB))
