@@ -427,3 +427,35 @@ def test_paired_speed_times_every_config_against_the_baseline_alone(monkeypatch)
     assert alone['a']['speed_vs_baseline'] is None and len(alone['a']['fwd_samples_ms']) == 2
     assert cc._timed_pairs(['base', 'a', 'b'], 'base') == 2
     assert cc._timed_pairs(['a'], None) == 1
+
+
+def test_speed_cell_shows_the_median_ratio_and_its_quartiles():
+    assert _timing.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0]
+    assert _timing.quartiles([0.9]) == [0.9, 0.9]
+    assert _timing.fmt_speed(dict(speed_vs_baseline=0.93, speed_vs_baseline_iqr=[0.9, 0.95])) \
+        == '0.93x (0.90-0.95)'
+    assert _timing.fmt_speed(dict(speed_vs_baseline=1.0, speed_vs_baseline_iqr=[1.0, 1.0])) \
+        == '1.00x'  # the baseline itself
+    assert _timing.fmt_speed(dict(speed_vs_baseline=None, speed_vs_baseline_iqr=None)) == '-'
+
+
+def test_round_robin_shuffled_varies_order_and_predecessors_reproducibly():
+    keys = list('abcd')
+
+    def schedule(seed=0):
+        calls = []
+        samples = _timing.round_robin(keys, lambda k: calls.append(k) or len(calls), 2, 20,
+                                      shuffle=True, seed=seed)
+        return calls, samples
+
+    calls, samples = schedule()
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 22 and all(sorted(r) == keys for r in rounds)  # each once per round
+    assert all(len(samples[k]) == 20 for k in keys)  # the 2 warm-up rounds dropped
+    before_a = {r[r.index('a') - 1] for r in rounds if r[0] != 'a'}
+    assert len(before_a) > 1 and len({r[0] for r in rounds}) > 1  # not a fixed cyclic order
+    assert schedule()[0] == calls and schedule(seed=1)[0] != calls  # seeded
+    # two keys alternate, as without shuffle
+    pair = []
+    _timing.round_robin(['x', 'y'], pair.append, 0, 4, shuffle=True)
+    assert pair == list('xyyxxyyx')

@@ -3,9 +3,10 @@
 ``benchmark_plugins.py`` (modules against their peers), ``module_overhead.py``
 (plain vs plugged ResNet-50) and ``config_complexity.py`` (configs vs their
 baselines) all time candidates **round-robin**: each round times every
-candidate once, in an order that rotates by one from round to round, so the
-noise of a busy machine falls on all of them alike; warm-up rounds are dropped
-and medians reported. This module holds that schedule (``round_robin``), the
+candidate once, in a seeded shuffled order (``benchmark_plugins.py``,
+``module_overhead.py``) or, for pairs, alternating, so the noise of a busy
+machine falls on all of them alike and no candidate always follows the same
+neighbour; warm-up rounds are dropped and medians reported. This module holds that schedule (``round_robin``), the
 clock (``timer``: ``perf_counter`` on the CPU, CUDA events after a synchronize
 on CUDA), the forward-throughput measurement of whole models
 (``forward_speed``) and the small command-line, formatting and output helpers
@@ -19,6 +20,7 @@ import contextlib
 import json
 import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -48,11 +50,20 @@ def timer(device):
     return timed
 
 
-def round_robin(keys, measure, warmup, repeats, on_round=None):
+def round_robin(keys, measure, warmup, repeats, on_round=None, shuffle=False, seed=0):
     """Call ``measure(key)`` for every key in each of ``warmup + repeats`` rounds.
 
     Round ``r`` starts at key ``r % len(keys)`` and wraps around, so every key
-    is timed early and late in a round equally often.
+    is timed early and late in a round equally often. A rotation keeps the
+    cyclic order, though: every key always runs right after the same
+    neighbour, and what that neighbour leaves behind (freed buffers, a cold or
+    warm cache) biases the key's time the same way every round. Measured:
+    with SE's forward always right after the clone and fightingcv's always
+    after SE's forward+backward, SE read 1.10-1.24x fightingcv at c4/c5 in
+    three runs, 0.78-0.94x with both timed alone, side by side. With
+    ``shuffle`` every round takes its own permutation of the keys (from
+    ``random.Random(seed)``: the same schedule every run), so neither a key's
+    position nor its predecessor is fixed. Two keys simply alternate either way.
 
     Args:
         keys (list): What to measure, in the order of round 0.
@@ -66,9 +77,12 @@ def round_robin(keys, measure, warmup, repeats, on_round=None):
     """
     keys = list(keys)
     samples = {key: [] for key in keys}
+    rng = random.Random(seed)
     for r in range(warmup + repeats):
         k = r % len(keys)
-        for key in keys[k:] + keys[:k]:
+        order = (rng.sample(keys, len(keys)) if shuffle and len(keys) > 2
+                 else keys[k:] + keys[:k])
+        for key in order:
             sample = measure(key)
             if r >= warmup:
                 samples[key].append(sample)
@@ -77,7 +91,8 @@ def round_robin(keys, measure, warmup, repeats, on_round=None):
     return samples
 
 
-def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_round=None):
+def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_round=None,
+                  shuffle=False):
     """Forward images/s of models, timed round-robin (``round_robin``) under ``no_grad``.
 
     Args:
@@ -90,6 +105,7 @@ def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_r
         repeats (int): Rounds counted (medians).
         baseline (str, optional): Name the ratios are taken against.
         on_round (callable, optional): Called after each round.
+        shuffle (bool): Each round in its own order (``round_robin``).
 
     Returns:
         dict: name -> dict with ``fwd_ms`` (median), ``fwd_samples_ms``,
@@ -115,7 +131,7 @@ def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_r
                 torch.cuda.synchronize(device)
                 peaks[name] = torch.cuda.max_memory_allocated(device) - before
         samples = round_robin(list(forwards), lambda name: timed(forwards[name]), warmup,
-                              repeats, on_round)
+                              repeats, on_round, shuffle=shuffle)
     rows = {}
     for name, times in samples.items():
         ms = statistics.median(times)
@@ -266,7 +282,8 @@ def speed_note(meta, paired=False):
              'their order swapped from round to round, so the two share the machine\'s '
              'noise (the baseline\'s img/s: the median over all its pairs)' if paired else
              'in each round the baseline and every model measured against it run once, in '
-             'an order that rotates from round to round, so they share the machine\'s noise')
+             'an order shuffled from round to round (seeded), so they share the machine\'s '
+             'noise and none always follows the same model')
     note = (f'img/s: forward images per second at batch {meta["batch"]}, eval mode, '
             f'`torch.no_grad()`, fp32, median of {meta["repeats"]} rounds after '
             f'{meta["warmup"]} warm-up; {order}. speed vs baseline: median over the rounds '

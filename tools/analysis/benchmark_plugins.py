@@ -5,8 +5,10 @@ peers (fightingcv-attention, mmcv, mmdet, mmseg; only those that compute the
 same function, built with equal settings) and, for conv replacements, the plain
 op they replace (a *reference*, not a peer). It measures them **in one run,
 interleaved**: every repeat times each candidate of the group once, in an order
-that rotates by one from repeat to repeat, so the noise of a busy machine falls
-on all of them alike. Per candidate:
+shuffled from repeat to repeat (seeded: ``_timing.round_robin``), so the noise
+of a busy machine falls on all of them alike and no candidate always runs right
+after the same neighbour (a fixed rotation did that, and biased SE's forward at
+c4/c5 by 10-24 %). Per candidate:
 
 * ``fwd ms``: median forward time, train mode, under ``torch.no_grad()`` (BN
   normalises with batch statistics as in training; no graph is recorded).
@@ -26,7 +28,7 @@ on all of them alike. Per candidate:
   module is trained. The output counts when the module saves it (a sigmoid
   does). ``saved_tensor_bytes`` is the rule as a function.
 * the clone floor: the median time of one ``x.clone()`` of the input(s), timed
-  in the same rotation. A module that reads its input and writes its output
+  in the same rounds. A module that reads its input and writes its output
   once cannot beat it; ``fwd / clone`` says how far above it a module is.
 * ``vs fastest peer``: time over the fastest peer's time in the group, forward
   and forward+backward each against its own fastest peer (a peer's own ratio
@@ -622,7 +624,7 @@ def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
             x.grad = None
         return t_fwd, timed(lambda: forward_backward(module))
 
-    got = round_robin(entries, measure, warmup, repeats,
+    got = round_robin(entries, measure, warmup, repeats, shuffle=True,
                       on_round=None if bar is None else bar.update)
     clone_samples = got.pop(None)
     samples = {i: ([f for f, _ in s], [b for _, b in s]) for i, s in got.items()}
@@ -722,7 +724,8 @@ def to_markdown(results):
     lines += ['', 'Notes:', '',
               '1. fwd: forward under `torch.no_grad()`, train mode. fwd+bwd: forward and '
               '`out.sum().backward()`, input requiring grad. Candidates of a group are timed '
-              'round-robin (rotating order) in one run; warm-up excluded.',
+              'round-robin in one run, each round in its own (seeded) shuffled order; warm-up '
+              'excluded.',
               '2. MMACs: one forward of the whole batch, FlopCounterMode FLOPs / 2 (conv, '
               'matmul, attention; elementwise, pooling, norms, `grid_sample` not counted); '
               "mmcv's deformable convs as their dense conv. Two implementations of one "

@@ -18,8 +18,8 @@ mode, ``torch.no_grad()``, ``--speed-batch`` images of ``--size``, default 8 of
 rounds of the plain ResNet-50's time over the variant's) and, for plugins,
 ``time in module`` (the share of the plugged model's forward spent inside the
 inserted modules, from forward hooks: ``time_in_modules``). All variants are built first and timed **interleaved**
-with the plain ResNet-50: every round runs each once, in an order rotating by
-one per round, and the medians of ``--repeats`` rounds after ``--warmup`` are
+with the plain ResNet-50: every round runs each once, in its own (seeded)
+shuffled order, and the medians of ``--repeats`` rounds after ``--warmup`` are
 reported (``_timing.forward_speed``, the clock of ``benchmark_plugins.py``), so
 the noise of a busy machine falls on all of them alike. On CUDA (``--device
 cuda``, the default when available) the times come from CUDA events and a
@@ -217,7 +217,7 @@ def run(names, size, speed=None, progress=True):
         try:
             speeds = forward_speed(forwards, speed['batch'], device, speed['warmup'],
                                    speed['repeats'], baseline=names[0],
-                                   on_round=None if bar is None else bar.update)
+                                   on_round=None if bar is None else bar.update, shuffle=True)
         finally:
             if bar is not None:
                 bar.close()
