@@ -42,6 +42,33 @@ def _case_data(sizes, shape, dtype, seed):
     return x, dy, weight, bias
 
 
+def _run_steps(bn, i, rows, reduce_param_grads=None):
+    """``STEPS`` training steps of ``bn`` on ``rows`` of case ``i``'s batches.
+
+    Each step loads that step's weight and bias, runs the forward on ``x[rows]``
+    and the backward of ``sum(y * dy[rows])``. Returns the outputs and, per
+    step, ``(grad of x[rows], cat(grad weight, grad bias))``, the latter passed
+    through ``reduce_param_grads`` (in place) when given.
+    """
+    sizes, shape, dtype, _ = CASES[i]
+    outs, grads = [], []
+    for step in range(STEPS):
+        x, dy, weight, bias = _case_data(sizes, shape, dtype, seed=10 * i + step)
+        with torch.no_grad():
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+        bn.weight.grad = bn.bias.grad = None
+        xr = x[rows].clone().requires_grad_()
+        y = bn(xr)
+        (y * dy[rows]).sum().backward()
+        pgrads = torch.cat([bn.weight.grad, bn.bias.grad])
+        if reduce_param_grads is not None:
+            reduce_param_grads(pgrads)
+        outs.append(y.detach())
+        grads.append((xr.grad, pgrads))
+    return outs, grads
+
+
 def _worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
@@ -49,21 +76,9 @@ def _worker(rank, world, init_file, out_dir):
     results = []
     for i, (sizes, shape, dtype, momentum) in enumerate(CASES):
         bn = CPUSyncBatchNorm(shape[0], momentum=momentum).to(dtype)
-        start, stop = sum(sizes[:rank]), sum(sizes[:rank + 1])
-        outs, grads = [], []
-        for step in range(STEPS):
-            x, dy, weight, bias = _case_data(sizes, shape, dtype, seed=10 * i + step)
-            with torch.no_grad():
-                bn.weight.copy_(weight)
-                bn.bias.copy_(bias)
-            bn.weight.grad = bn.bias.grad = None
-            xr = x[start:stop].clone().requires_grad_()
-            y = bn(xr)
-            (y * dy[start:stop]).sum().backward()
-            pgrads = torch.cat([bn.weight.grad, bn.bias.grad])
-            dist.all_reduce(pgrads)  # what DDP sums (then divides by the world size)
-            outs.append(y.detach())
-            grads.append((xr.grad, pgrads))
+        rows = slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+        # all_reduce: the parameter gradients DDP sums (then divides by the world size)
+        outs, grads = _run_steps(bn, i, rows, reduce_param_grads=dist.all_reduce)
         results.append(dict(out=outs, grads=grads, running_mean=bn.running_mean,
                             running_var=bn.running_var, tracked=bn.num_batches_tracked))
 
@@ -101,18 +116,7 @@ def _reference(i):
     bn = nn.BatchNorm1d(shape[0], momentum=momentum) if len(shape) == 1 else \
         nn.BatchNorm2d(shape[0], momentum=momentum)
     bn = bn.to(dtype)
-    outs, grads = [], []
-    for step in range(STEPS):
-        x, dy, weight, bias = _case_data(sizes, shape, dtype, seed=10 * i + step)
-        with torch.no_grad():
-            bn.weight.copy_(weight)
-            bn.bias.copy_(bias)
-        bn.weight.grad = bn.bias.grad = None
-        x.requires_grad_()
-        y = bn(x)
-        (y * dy).sum().backward()
-        outs.append(y.detach())
-        grads.append((x.grad, torch.cat([bn.weight.grad, bn.bias.grad])))
+    outs, grads = _run_steps(bn, i, slice(None))
     return bn, outs, grads
 
 
