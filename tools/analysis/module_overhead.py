@@ -32,6 +32,7 @@ it always was.
     python tools/analysis/module_overhead.py --speed --threads 2 --out overhead.md --json overhead.json
 """
 import argparse
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import mmplug  # noqa: F401  registers every module
 from mmplug.conv.modulated_deform_conv import \
     modulated_deform_conv2d as torch_modulated_deform_conv2d
+from mmplug.registry import MODELS
 
 # a sibling module (on sys.path when this script runs)
 from _timing import (MIB, add_speed_args, fmt, fmt_speed, forward_speed, num_threads,
@@ -134,7 +136,6 @@ BASELINE = 'ResNet-50'
 
 def plugin_modules(model, kwargs):
     """The modules a plugin variant inserted into ``model`` (empty for conv replacements)."""
-    from mmplug.registry import MODELS
     classes = tuple(MODELS.get(p['cfg']['type']) for p in kwargs.get('plugins', ()))
     return [m for m in model.modules() if classes and isinstance(m, classes)]
 
@@ -151,7 +152,6 @@ def time_in_modules(modules, forward, device, warmup=1, repeats=5):
     (here +-2-3 % between runs). The hooks are removed afterwards; the timed
     img/s columns are measured without them.
     """
-    import time
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
     inside, starts = [0.0], {}
 
