@@ -6,11 +6,11 @@ baselines) all time candidates **round-robin**: each round times every
 candidate once, in a seeded shuffled order (``benchmark_plugins.py``,
 ``module_overhead.py``) or, for pairs, alternating, so the noise of a busy
 machine falls on all of them alike and no candidate always follows the same
-neighbour; warm-up rounds are dropped and medians reported. This module holds that schedule (``round_robin``), the
-clock (``timer``: ``perf_counter`` on the CPU, CUDA events after a synchronize
-on CUDA), the forward-throughput measurement of whole models
-(``forward_speed``) and the small command-line, formatting and output helpers
-the tools share.
+neighbour; warm-up rounds are dropped and medians reported. This module holds
+that schedule (``round_robin``), the clock (``timer``: ``perf_counter`` on the
+CPU, CUDA events after a synchronize on CUDA), the forward-throughput
+measurement of whole models (``forward_speed``) and the small command-line,
+formatting and output helpers the tools share.
 
 The CUDA paths (events, peak memory) are written but have not been run here
 (CPU only).

@@ -29,11 +29,13 @@ together with every config measured against it, and each config is timed
 round, and the medians of ``--repeats`` rounds after ``--warmup`` are reported
 (``_paired_speed`` over ``_timing.forward_speed``, the clock of
 ``benchmark_plugins.py``), so the noise of a busy machine falls on both alike
-and the two forwards compared are seconds apart. (Timing a whole group in one
+and the two forwards compared are seconds apart (timing a whole group in one
 rotating round, as the first version did, put ~50 s between them for the 15
-Faster R-CNN configs, and ratios moved by up to 0.08 between runs.) The
-baseline's img/s pools its samples from all its pairs. Two-stage detectors are timed as they are counted, with the RPN's NMS
-switched off (IoU threshold 1.0): every RoI head then runs on
+Faster R-CNN configs). The baseline's img/s pools its samples from all its
+pairs. Pairing did not make the default 5 rounds steady on the 2-core VM: two
+paired runs differed by up to 0.12 in a ratio, which is why the table shows
+each ratio's quartiles. Two-stage detectors are timed as they are counted,
+with the RPN's NMS switched off (IoU threshold 1.0): every RoI head then runs on
 ``test_cfg.rpn.max_per_img`` proposals per image, the same work in the
 baseline and the config, where random weights would otherwise let NMS keep a
 random number (the NMS call itself still runs and is timed). A group holds all
@@ -259,9 +261,8 @@ def _paired_speed(forwards, batch, device, warmup, repeats, baseline=None, on_ro
 
     Every config is timed against the baseline alone: the two alternate, their
     order swapped every round, so each ratio compares forwards seconds apart
-    (a round of a whole group, ~15 Faster R-CNNs, took ~50 s on 2 CPU threads,
-    and the machine drifted within it: ratios moved by up to 0.08 between two
-    runs). The baseline's own row pools its samples from every pair. Without a
+    (a round of a whole group, ~15 Faster R-CNNs, took ~50 s on 2 CPU threads).
+    The baseline's own row pools its samples from every pair. Without a
     baseline (a config whose ``_base_`` has none) the one config is timed alone.
     """
     if baseline is None:

@@ -12,20 +12,20 @@ counted, as in fvcore/mmengine counters). mmcv's deformable conv runs outside
 aten, so a ``DCNv2UnitMask`` is counted as its dense conv (the MACs of the
 sampled im2col product; bilinear sampling is not counted).
 
-With ``--speed`` it also measures forward images/s of every variant (eval
-mode, ``torch.no_grad()``, ``--speed-batch`` images of ``--size``, default 8 of
+With ``--speed`` it also measures forward images/s of every variant (eval mode,
+``torch.no_grad()``, ``--speed-batch`` images of ``--size``, default 8 of
 224x224) and adds the columns ``img/s``, ``speed vs baseline`` (median over
 rounds of the plain ResNet-50's time over the variant's) and, for plugins,
 ``time in module`` (the share of the plugged model's forward spent inside the
-inserted modules, from forward hooks: ``time_in_modules``). All variants are built first and timed **interleaved**
-with the plain ResNet-50: every round runs each once, in its own (seeded)
-shuffled order, and the medians of ``--repeats`` rounds after ``--warmup`` are
-reported (``_timing.forward_speed``, the clock of ``benchmark_plugins.py``), so
-the noise of a busy machine falls on all of them alike. On CUDA (``--device
-cuda``, the default when available) the times come from CUDA events and a
-``peak MiB`` column gives each forward's peak memory above the weights; that
-path has not been run here (CPU only). Without ``--speed`` the output is what
-it always was.
+inserted modules, from forward hooks: ``time_in_modules``). All variants are
+built first and timed **interleaved** with the plain ResNet-50: every round
+runs each once, in its own (seeded) shuffled order, and the medians of
+``--repeats`` rounds after ``--warmup`` are reported
+(``_timing.forward_speed``, the clock of ``benchmark_plugins.py``), so the
+noise of a busy machine falls on all of them alike. On CUDA (``--device cuda``,
+the default when available) the times come from CUDA events and a ``peak MiB``
+column gives each forward's peak memory above the weights; that path has not
+been run here (CPU only). Without ``--speed`` the output is what it always was.
 
     python tools/analysis/module_overhead.py                 # 224x224, all variants
     python tools/analysis/module_overhead.py --size 800 1216 --only SE NonLocal
