@@ -4,12 +4,34 @@ Import as ``from _harness import ...`` (pytest puts ``tests/`` on ``sys.path``).
 """
 import copy
 import importlib
+import inspect
 import os
 
+import pytest
 import torch
 from mmcv.cnn import build_plugin_layer
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+
+
+def _newer_than_this_torch(what):
+    return f'{what} is newer than torch {torch.__version__}'
+
+
+#: The suite runs from torch 2.1 on; tests of newer features skip with the reason.
+needs_onnx_dynamo = pytest.mark.skipif(
+    'dynamo' not in inspect.signature(torch.onnx.export).parameters,
+    reason=_newer_than_this_torch('torch.onnx.export(dynamo=...)'))
+needs_export_dims = pytest.mark.skipif(not hasattr(torch.export, 'Dim'),
+                                       reason=_newer_than_this_torch('torch.export.Dim'))
+needs_is_exporting = pytest.mark.skipif(not hasattr(torch.compiler, 'is_exporting'),
+                                        reason=_newer_than_this_torch('torch.compiler.is_exporting'))
+needs_unsafe_globals_check = pytest.mark.skipif(
+    not hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint'),
+    reason=_newer_than_this_torch('weights_only loading with get_unsafe_globals_in_checkpoint'))
+needs_cpu_flash_attention = pytest.mark.skipif(
+    not hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu'),
+    reason=_newer_than_this_torch("SDPA's fused CPU kernel"))
 
 
 def randomize_(module, seed=0, scale=1.0):

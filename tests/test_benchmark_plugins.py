@@ -18,10 +18,14 @@ import benchmark_plugins as bp  # noqa: E402
 from mmplug.plugins.se import SE  # noqa: E402
 
 SMOKE_MODULES = ('SE', 'SGE', 'NonLocal', 'DCNv2UnitMask')
+#: timm's layers join as peers where timm imports (it needs torchvision; the GPU image has it).
+TIMM = bp.timm_available()
 PEERS = {
-    'SE': {'ours': 'ours', 'fightingcv SEAttention': 'peer', 'mmdet SELayer': 'peer'},
+    'SE': {'ours': 'ours', 'fightingcv SEAttention': 'peer', 'mmdet SELayer': 'peer',
+           **({'timm SEModule': 'peer'} if TIMM else {})},
     'SGE': {'ours': 'ours', 'fightingcv SpatialGroupEnhance': 'peer'},
-    'NonLocal': {'ours': 'ours', 'mmcv NonLocal2d': 'peer'},
+    'NonLocal': {'ours': 'ours', 'mmcv NonLocal2d': 'peer',
+                 **({'timm NonLocalAttn': 'peer'} if TIMM else {})},
     'DCNv2UnitMask': {'ours (torch)': 'ours', 'ours (mmcv op)': 'ours',
                       'mmcv ModulatedDeformConv2dPack': 'peer',
                       'nn.Conv2d 3x3 (replaced conv)': 'reference'},
@@ -138,9 +142,11 @@ def test_peer_outputs_match_ours_and_params_are_equal(smoke):
             c = g['shapes'][0][1]
             if row['impl'] == 'fightingcv SEAttention':  # no FC biases
                 assert row['params'] == ours['params'] - (c // 16 + c)
-            else:  # mmdet SELayer, fightingcv SGE, mmcv NonLocal2d and DCN
+            elif row['impl'] == 'timm NonLocalAttn':  # output BN (2 C) instead of no norm
+                assert row['params'] == ours['params'] + 2 * c
+            else:  # mmdet SELayer, timm SEModule, fightingcv SGE, mmcv NonLocal2d and DCN
                 assert row['params'] == ours['params'], (g['module'], row['impl'])
-    assert checked == 4 * 2 + 4 + 2 + 3 * 2
+    assert checked == 4 * (2 + TIMM) + 4 + 2 * (1 + TIMM) + 3 * 2
 
 
 def test_parity_check_is_not_vacuous():
@@ -229,4 +235,48 @@ def test_sk_per_branch_loop_is_our_function_in_the_common_structure():
         torch.testing.assert_close(loop(x), y, rtol=1e-5, atol=1e-5)
     assert [(c.impl, c.kind) for c in bp._sk(64)] == [
         ('ours', 'ours'), ('per-branch loop (our function)', 'peer'),
-        ('fightingcv SKAttention', 'peer')]
+        ('fightingcv SKAttention', 'peer')] + [('timm SelectiveKernel', 'peer')] * TIMM
+
+
+@pytest.mark.skipif(not TIMM, reason='timm.layers does not import here (it needs torchvision)')
+@pytest.mark.parametrize('module, impl', [('SE', 'timm SEModule'), ('CBAM', 'timm CbamModule'),
+                                          ('SK', 'timm SelectiveKernel'),
+                                          ('NonLocal', 'timm NonLocalAttn'),
+                                          ('BlurPool2d', 'timm BlurPool2d')])
+def test_timm_peers_compute_our_function(module, impl):
+    c = 64
+    candidates = {cand.impl: cand for cand in bp.MODULES[module][2](c)}
+    ours, peer = candidates['ours'].build(), candidates[impl].build()
+    x = [torch.randn(2, c, 12, 10)]
+    assert bp.check_parity(ours, peer, candidates[impl].parity, x)['ok']
+    assert not bp.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok'] \
+        or module == 'BlurPool2d'  # no parameters: equal without a mapping
+
+
+def test_bf16_autocast_and_compile_options():
+    results = bp.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
+                       '--only', 'SE', '--stages', 'c3', '--dtype', 'bf16', '--compile',
+                       'aot_eager'])
+    meta = results['meta']
+    assert (meta['dtype'], meta['compile']) == ('bf16', 'aot_eager')
+    assert "bf16 autocast, torch.compile(backend='aot_eager')" in bp.to_markdown(results)
+    (group,) = results['groups']
+    for row in group['rows']:
+        assert row['error'] is None and row['fwd_ms'] > 0 and row['fwd_bwd_ms'] > 0, row
+        assert row['parity'] is None or row['parity']['ok']  # parity stays fp32
+    args = bp.parse_args(['--compile'])
+    assert (args.compile, args.dtype) == ('inductor', 'fp32')
+    with pytest.raises(SystemExit):
+        bp.parse_args(['--dtype', 'int8'])
+
+
+def test_parity_runs_without_tf32_and_restores_it():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with bp.full_fp32():
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

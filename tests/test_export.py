@@ -27,6 +27,7 @@ import warnings
 
 import pytest
 import torch
+from _harness import needs_is_exporting, needs_onnx_dynamo
 from _module_zoo import ZOO, make, run
 
 #: Backend of the full compile sweep. ``aot_eager`` runs dynamo (where graph breaks
@@ -118,12 +119,14 @@ def _assert_onnx_matches(name, module, batch_sizes=(2, 3, 1)):
     return max(diffs)
 
 
+@needs_onnx_dynamo
 @pytest.mark.parametrize('name', [n for n in NAMES if n != DCN])
 def test_onnx_export_matches_pytorch_with_dynamic_batch(name):
     module, _ = _build(name)
     _assert_onnx_matches(name, module)
 
 
+@needs_onnx_dynamo
 @pytest.mark.parametrize('impl', ['torch', 'auto'])
 def test_dcn_onnx_export_on_plain_pytorch_path(impl):
     # 'auto' takes the plain-PyTorch path under torch.export on any device.
@@ -139,6 +142,8 @@ def _error_chain(err):
     return '\n'.join(text)
 
 
+@needs_is_exporting
+@needs_onnx_dynamo
 def test_dcn_mmcv_path_refuses_export_with_the_fix():
     module, inputs = _build(DCN, impl='mmcv')
     module.eval()
@@ -151,6 +156,7 @@ def test_dcn_mmcv_path_refuses_export_with_the_fix():
     assert "impl='torch'" in _error_chain(err.value)
 
 
+@needs_onnx_dynamo
 def test_dcn_modulated_deform_conv2d_function_exports():
     """The plain-PyTorch function on its own (``mmplug.conv.modulated_deform_conv``)."""
     ort = _onnx_runtime()

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import torch
-from _harness import assert_same
+from _harness import assert_same, needs_unsafe_globals_check
 
 import mmplug  # noqa: F401  allow-lists mmengine's checkpoint objects
 from mmplug.utils.atomic_checkpoint import (UnsafeCheckpointError, atomic_write,
@@ -235,6 +235,7 @@ def _evil(tmp_path, reference):
     return path
 
 
+@needs_unsafe_globals_check
 @pytest.mark.slow
 @pytest.mark.parametrize('how', ['--resume', 'load_from'])
 def test_checkpoint_with_pickled_code_is_refused(tiny, uninterrupted, tmp_path, how):
@@ -248,6 +249,7 @@ def test_checkpoint_with_pickled_code_is_refused(tiny, uninterrupted, tmp_path, 
     assert 'Iter(train)' not in out
 
 
+@needs_unsafe_globals_check
 def test_unsafe_message_names_each_global_and_safe_one_passes(tmp_path):
     path = str(tmp_path / 'evil.pth')
     torch.save({'state_dict': {'w': torch.zeros(2)}, 'meta': _Payload(),

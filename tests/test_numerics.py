@@ -39,6 +39,7 @@ so gradient magnitudes do not depend on the output's (a sum of squares of
 large outputs would overflow in the test rather than in the module), and
 scaled by ``1 / numel`` as a real (mean) loss is.
 """
+import contextlib
 import copy
 import math
 import re
@@ -107,7 +108,8 @@ def _build(variant, n=2, h=8, w=8, seed=0):
 
 
 def _autocast(dtype):
-    return torch.autocast('cpu', dtype=dtype or torch.float32, enabled=dtype is not None)
+    # No autocast object for fp32: torch 2.1 refuses a float32 CPU autocast dtype even disabled.
+    return contextlib.nullcontext() if dtype is None else torch.autocast('cpu', dtype=dtype)
 
 
 def _unit_gain_(module):
@@ -148,9 +150,9 @@ def _forward_backward(variant, module, inputs, dtype):
     return [o.detach().float() for o in outs], grads, [x.grad for x in inputs]
 
 
-def _rel(a, b):
-    """``max|a - b|`` relative to ``max|b|`` (the output's scale)."""
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+def _rel(a, b, floor=1e-30):
+    """``max|a - b|`` relative to ``max|b|`` (the output's scale), at least ``floor``."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(floor)).item()
 
 
 def _assert_finite(variant, dtype_name, case, outs, grads, input_grads, shapes=None):
@@ -364,9 +366,13 @@ def test_channels_last(variant, mode):
         torch.float32, torch.channels_last]
     c64, cl64 = results[torch.float64, torch.contiguous_format], results[
         torch.float64, torch.channels_last]
+    # A gradient that is zero in exact arithmetic (NonLocal's phi bias: it shifts every
+    # logit of a row alike) is pure rounding noise in both layouts; it is compared
+    # relative to 1e-4 of the largest gradient instead of to its own noise.
+    floor = 1e-4 * max(t.abs().max().item() for t in c64[len(outs):])
     for what, a32, b32, a64, b64 in zip(names, cl32, c32, cl64, c64):
         where = f'{variant} channels_last {mode}: {what}'
-        err64 = _rel(a64, b64)
+        err64 = _rel(a64, b64, 1e-30 if what.startswith('output') else floor)
         assert err64 <= 1e-10, f'{where} differs by {err64:.2e} of its scale in float64'
         rounding = _rel(b32.double(), b64)  # the contiguous fp32 path's own error
         tol = 1e-5 if rounding <= 1e-6 or what.startswith('output') else max(1e-5, 30 * rounding)

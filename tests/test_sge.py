@@ -198,23 +198,6 @@ def test_constant_group_map_has_finite_gradients():
     assert bn.weight.grad.abs().sum() > 0
 
 
-# --- the hand-written backward (``_SGEFunction``) against plain autograd ---------------------
-
-def _autograd_sge(x, weight, bias, groups, eps=1e-5):
-    """The first release's forward (plain ops, autograd's backward), statistics in
-    float32 or float64: the reference for the hand-written backward."""
-    n, c, h, w = x.shape
-    m = h * w
-    xg = x.reshape(n * groups, c // groups, m)
-    mean = xg.mean(dim=2, keepdim=True)
-    sim = torch.bmm(mean.transpose(1, 2), xg)
-    sim = sim - sim.mean(dim=2, keepdim=True)
-    var = sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)
-    sim = sim / (var.clamp_min(1e-12).sqrt() + eps)
-    a = sim.view(n, groups, m) * weight.view(1, groups, 1) + bias.view(1, groups, 1)
-    return (xg * torch.sigmoid(a).view(n * groups, 1, m)).view(n, c, h, w)
-
-
 def _call(sge, x, weight, bias):
     """``sge(x)`` with its parameters replaced by the given tensors."""
     return torch.func.functional_call(sge, {'weight': weight, 'bias': bias}, (x,))
@@ -226,27 +209,6 @@ def _out_and_grads(fn, x, weight, bias, grad_out):
     return (out, *torch.autograd.grad(out, (x, weight, bias), grad_out))
 
 
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('shape', [(1, 64, 1, 1), (3, 64, 9, 7), (2, 128, 5, 1), (2, 64, 16, 16)])
-@pytest.mark.parametrize('offset', [0.0, 2.0, None])  # None: a constant map (std clamped)
-def test_custom_backward_matches_autograd(dtype, shape, offset):
-    groups = 8
-    sge = _randomize(SGE(shape[1], groups=groups)).to(dtype)
-    x = torch.full(shape, 0.3, dtype=dtype) if offset is None else \
-        torch.randn(shape, dtype=dtype) + offset
-    grad_out = torch.randn(shape, dtype=dtype)
-    ours = _out_and_grads(lambda x, w, b: _call(sge, x, w, b), x, sge.weight, sge.bias,
-                          grad_out)
-    ref = _out_and_grads(lambda x, w, b: _autograd_sge(x, w, b, groups), x, sge.weight,
-                         sge.bias, grad_out)
-    for name, a, b in zip(('out', 'x', 'weight', 'bias'), ours, ref):
-        assert a.dtype == b.dtype == dtype and torch.isfinite(a).all(), name
-        # float64: equal up to summation order; float32: within 1e-6 of the largest value
-        tol = 1e-12 if dtype == torch.float64 else 1e-6
-        err = (a - b).abs().max().item()
-        assert err <= tol * max(1.0, b.abs().max().item()), (name, err)
-
-
 def test_gradcheck_float64():
     sge = _randomize(SGE(16, groups=4)).double()
     x = (torch.randn(2, 16, 5, 3, dtype=torch.float64) + 1).requires_grad_()
@@ -255,38 +217,15 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda x, w, b: _call(sge, x, w, b), (x, weight, bias))
 
 
-def test_double_backward_float64():
-    # create_graph=True (gradient penalties) goes through autograd of the same forward.
-    sge = _randomize(SGE(8, groups=2)).double()
-    x = (torch.randn(2, 8, 3, 3, dtype=torch.float64) + 1).requires_grad_()
-    weight = sge.weight.detach().requires_grad_()
-    bias = sge.bias.detach().requires_grad_()
-    assert torch.autograd.gradgradcheck(lambda x, w, b: _call(sge, x, w, b), (x, weight, bias))
-    out = _call(sge, x, weight, bias)
-    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    ref_x = x.detach().requires_grad_()
-    (ref,) = torch.autograd.grad(_autograd_sge(ref_x, weight, bias, 2).square().sum(), ref_x,
-                                 create_graph=True)
-    torch.testing.assert_close(gx, ref, rtol=1e-10, atol=1e-10)
-    assert gx.requires_grad
-
-
-def test_backward_with_frozen_parameters_or_input():
-    sge = _randomize(SGE(64, groups=8))
-    x = torch.randn(2, 64, 6, 5)
+def test_gradients_match_the_equations():
+    sge = _randomize(SGE(64, groups=8)).double()
+    x = torch.randn(2, 64, 6, 5, dtype=torch.float64)
     grad_out = torch.randn_like(x)
-    _, gx, gw, gb = _out_and_grads(lambda x, w, b: _autograd_sge(x, w, b, 8), x, sge.weight,
-                                   sge.bias, grad_out)
-    # Frozen SGE (e.g. mmdet frozen_stages): only dx.
-    sge.requires_grad_(False)
-    xr = x.clone().requires_grad_()
-    sge(xr).backward(grad_out)
-    torch.testing.assert_close(xr.grad, gx, rtol=1e-5, atol=1e-6)
-    # Input without grad: only the parameters.
-    sge.requires_grad_(True)
-    sge(x).backward(grad_out)
-    torch.testing.assert_close(sge.weight.grad, gw, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sge.bias.grad, gb, rtol=1e-5, atol=1e-5)
+    ours = _out_and_grads(lambda x, w, b: _call(sge, x, w, b), x, sge.weight, sge.bias, grad_out)
+    ref = _out_and_grads(lambda x, w, b: _reference_sge(x, 8, w, b), x, sge.weight, sge.bias,
+                         grad_out)
+    for name, a, b in zip(('out', 'x', 'weight', 'bias'), ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
 def test_output_can_be_modified_in_place():
@@ -297,14 +236,14 @@ def test_output_can_be_modified_in_place():
     out += 1.0
     out.square().sum().backward()
     ref_x = x.detach().clone().requires_grad_()
-    (_autograd_sge(ref_x, sge.weight, sge.bias, 8) + 1.0).square().sum().backward()
+    (_reference_sge(ref_x, 8, sge.weight, sge.bias) + 1.0).square().sum().backward()
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_channels_last_and_strided_inputs():
     sge = _randomize(SGE(64, groups=8))
     x = torch.randn(2, 64, 7, 6)
-    ref = _out_and_grads(lambda x, w, b: _autograd_sge(x, w, b, 8), x, sge.weight, sge.bias,
+    ref = _out_and_grads(lambda x, w, b: _reference_sge(x, 8, w, b), x, sge.weight, sge.bias,
                          torch.ones_like(x))
     for xs in (x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).mT):
         xs = xs.detach().requires_grad_()
@@ -312,6 +251,15 @@ def test_channels_last_and_strided_inputs():
         out.sum().backward()  # an expanded (stride-0) output gradient
         torch.testing.assert_close(out, ref[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(xs.grad, ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_gate_is_what_multiplies_each_group():
+    sge = _randomize(SGE(64, groups=8))
+    x = torch.randn(2, 64, 5, 7)
+    gate = sge.gate(x)
+    assert gate.shape == (2, 8, 5, 7)
+    expected = (x.view(2, 8, 8, 5, 7) * gate.unsqueeze(2)).view_as(x)
+    torch.testing.assert_close(sge(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
@@ -328,35 +276,8 @@ def test_low_precision_autocast_backward(dtype, device):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_saves_little_for_backward():
-    # Saved: x itself (no copy), the [N*G, C/G, 1] means and [N*G, 1, HW] maps (the
-    # centred similarity, the gate), i.e. about 2 / (C/G) of x beyond x.
-    sge = _randomize(SGE(256, groups=16))  # C/G = 16
-    x = torch.randn(2, 256, 14, 14, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        sge(x)
-    of_x = [t for t in saved if t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()]
-    extra = sum(t.untyped_storage().nbytes() for t in saved if not any(t is s for s in of_x))
-    assert of_x and extra <= 2.5 / 16 * x.untyped_storage().nbytes(), extra
-
-
 def test_export_traces():
     sge = _randomize(SGE(32, groups=4)).eval()
     x = torch.randn(2, 32, 7, 9)
     exported = torch.export.export(sge, (x,))
     torch.testing.assert_close(exported.module()(x), sge(x))
-
-
-def test_no_grad_path_equals_the_function():
-    # Without anything to differentiate SGE skips the autograd.Function: same numbers.
-    sge = _randomize(SGE(64, groups=8))
-    x = torch.randn(2, 64, 9, 5)
-    with_grad = sge(x)
-    assert with_grad.grad_fn is not None
-    with torch.no_grad():
-        no_grad = sge(x)
-    sge.requires_grad_(False)
-    frozen = sge(x)
-    assert no_grad.grad_fn is None and frozen.grad_fn is None
-    assert torch.equal(no_grad, with_grad.detach()) and torch.equal(frozen, no_grad)

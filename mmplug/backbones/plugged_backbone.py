@@ -42,6 +42,7 @@ from mmengine.model import BaseModule, ModuleDict, Sequential
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmplug.layers import is_tracing
 from mmplug.registry import MODELS
 from mmplug.utils.config_check import close_type_names
 
@@ -447,5 +448,6 @@ class PluggedBackbone(BaseModule):
         return self
 
     def forward(self, x):
-        self._attach_hooks()
+        if not is_tracing():  # the hooks attached at construction are traced through
+            self._attach_hooks()
         return self.backbone(x)

@@ -149,20 +149,23 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
                          deform_groups=deform_groups, bias=bias)
         self.impl = impl
 
-    def _deform_conv(self, x):
+    def _use_mmcv(self, x):
+        """Whether this call runs mmcv's compiled op (else the plain-PyTorch function)."""
         # torch.export (also behind torch.onnx.export, dynamo=True) cannot trace
         # mmcv's compiled op; the plain-PyTorch path exports (only standard ops).
-        exporting = torch.compiler.is_exporting()
+        # (torch.compiler.is_exporting exists from torch 2.5.)
+        is_exporting = getattr(torch.compiler, 'is_exporting', None)
+        exporting = is_exporting is not None and is_exporting()
         if self.impl == 'torch' or (self.impl == 'auto' and (x.device.type == 'cpu'
                                                              or exporting)):
-            return modulated_deform_conv2d
+            return False
         if exporting:
             raise RuntimeError(
                 f"{type(self).__name__}(impl='mmcv'): mmcv's compiled deformable-conv op "
                 "cannot be traced by torch.export / torch.onnx.export(dynamo=True). Set "
                 "impl='torch' (or 'auto') on the layer before exporting: the plain-PyTorch "
                 'path computes the same function with standard ops.')
-        return mmcv_modulated_deform_conv2d
+        return True
 
     def forward(self, x):
         check_conv_input(type(self).__name__, x, self.in_channels, self.kernel_size,
@@ -171,11 +174,11 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
         o1, o2, logit = torch.chunk(out, 3, dim=1)
         offset = torch.cat((o1, o2), dim=1)  # [N, 2*G*kh*kw, H', W']
         mask = 2 * torch.sigmoid(logit)  # [N, G*kh*kw, H', W'], 1 at init
-        deform_conv = self._deform_conv(x)
-        weight = self.weight
-        if deform_conv is mmcv_modulated_deform_conv2d:
+        args = (self.bias, self.stride, self.padding, self.dilation, self.groups,
+                self.deform_groups)
+        if self._use_mmcv(x):
             # mmcv 2.1.0's kernels index these as NCHW memory without checking:
             # channels-last tensors gave outputs off by their whole scale (CPU).
-            x, offset, mask, weight = (t.contiguous() for t in (x, offset, mask, weight))
-        return deform_conv(x, offset, mask, weight, self.bias, self.stride, self.padding,
-                           self.dilation, self.groups, self.deform_groups)
+            x, offset, mask, weight = (t.contiguous() for t in (x, offset, mask, self.weight))
+            return mmcv_modulated_deform_conv2d(x, offset, mask, weight, *args)
+        return modulated_deform_conv2d(x, offset, mask, self.weight, *args)

@@ -70,8 +70,13 @@ from torch.nn.modules.utils import _pair
 
 
 def _exact_size(size):
-    """The smallest ``2^m + 1 >= size`` with ``m >= 0`` (2 for size 1)."""
-    return (1 << max(size - 2, 0).bit_length()) + 1
+    """The smallest ``2^m + 1 >= size`` with ``m >= 0`` (2 for size 1).
+
+    ``size`` may be a 0-dim tensor: ``torch.jit.trace`` (mmengine's FLOP counter,
+    mmdet's ``get_flops.py``) records shapes as tensors; the padding is fixed at
+    the traced size, as for export.
+    """
+    return (1 << max(int(size) - 2, 0).bit_length()) + 1
 
 
 def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0,
@@ -124,7 +129,8 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
                          f'and mask {(n, dg * k, ho, wo)}, got {tuple(offset.shape)} and '
                          f'{tuple(mask.shape)}')
     out_dtype = offset.dtype
-    dtype = torch.promote_types(out_dtype, torch.float32)  # sampling precision
+    # sampling precision: float32 at least (torch.promote_types does not trace in torch 2.1)
+    dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
     device = offset.device
     hp, wp = _exact_size(h), _exact_size(w)
     x = F.pad(input.to(dtype), (0, wp - w, 0, hp - h))  # [N, C, hp, wp]

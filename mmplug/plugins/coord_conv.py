@@ -71,6 +71,10 @@ class CoordConvPlugin(BaseModule):
     """
 
     _abbr_ = 'coord_conv'
+    #: No ResNet plugin position is the paper's.
+    default_position = None
+    position_note = ("the paper adds coordinates to a conv's input; 'after_conv2' keeps "
+                     'the extra conv narrow')
 
     def __init__(self, in_channels, kernel_size=1, with_r=False, *, conv_cfg=None,
                  init_cfg=None):

@@ -40,23 +40,12 @@ Options for the OpenMMLab variants (the default is the paper's block):
 * fightingcv-attention's ``SEAttention`` has no biases in its FC layers; it is
   this block with both biases held at 0.
 
-Implementation (the same function, measured on CPU; see the module's tests
-for the gradient checks): two small ``autograd.Function`` classes replace
-autograd's backward of the squeeze and of the scale. The mean's gradient stays
-a broadcast view (autograd's divides it into an ``x``-sized tensor that is then
-added to ``dx``), and the scale's backward reuses one buffer for ``dy * x``
-(summed into the gate's gradient) and then ``dx``; both are differentiable
-again under ``create_graph=True``. Under ``no_grad`` the plain ops run. The
-forward reads ``x`` twice and writes the output once. Forward plus backward
-took 0.8-0.9x the time of the first release and of mmdet's ``SELayer`` at
-8x512x28x28 and 8x256x56x56. The FC layers are stored as 1x1 convolutions
-(state dicts interchangeable with mmdet's and mmseg's ``SELayer``) but run as
-``F.linear`` on ``[N, C]``: a 1x1 convolution of a 1x1 map pays the
-convolution's dispatch for a matrix product (forward 1.4 -> 1.1 ms at
-8x512x28x28, 0.67 -> 0.39 ms at 8x2048x7x7, 2 threads). The results differ
-from the conv-based ``SELayer`` only in float32 summation order (~1e-6).
+The FC layers are stored as 1x1 convolutions (state dicts interchangeable
+with mmdet's and mmseg's ``SELayer``) and applied as ``F.linear`` on the
+pooled ``[N, C]`` descriptor: the same function, without a convolution's
+dispatch for what is a matrix product (``docs/performance.md``). The results
+differ from the conv-based ``SELayer`` only in float32 summation order.
 """
-import torch
 from mmcv.cnn import build_activation_layer
 from mmengine.model import BaseModule
 from torch import nn
@@ -65,54 +54,6 @@ from torch.nn import functional as F
 from mmplug.registry import MODELS
 from mmplug.utils.channels import reduced_channels
 from mmplug.utils.validation import check_cfg, check_input, check_int
-
-
-class _SpatialMean(torch.autograd.Function):
-    """``x.mean(dim=(2, 3))`` whose gradient is a broadcast view.
-
-    Autograd's own mean backward divides the broadcast gradient and so writes an
-    ``x``-sized tensor; here the division happens on ``[N, C, 1, 1]`` and the
-    autograd engine adds the view into ``dx`` in place.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape, ctx.dtype = x.shape, x.dtype
-        return x.mean(dim=(2, 3), keepdim=True)  # [N, C, 1, 1]
-
-    @staticmethod
-    def backward(ctx, grad_z):  # differentiable too (create_graph=True)
-        n, c, h, w = ctx.shape
-        return (grad_z / (h * w)).to(ctx.dtype).expand(n, c, h, w)
-
-
-class _ChannelScale(torch.autograd.Function):
-    """``x * s`` for ``s`` of shape ``[N, C, 1, 1]``.
-
-    Autograd's mul backward writes ``dy * s`` and ``dy * x`` as two ``x``-sized
-    tensors; this writes ``dy * x`` into a buffer, sums it, and then writes
-    ``dy * s`` over it.
-    """
-
-    @staticmethod
-    def forward(ctx, x, s):
-        ctx.save_for_backward(x, s)
-        return x * s
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, s = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiable formulas
-            return grad_out * s, (grad_out * x).sum(dim=(2, 3), keepdim=True)
-        grad_x = grad_s = None
-        buf = None
-        if ctx.needs_input_grad[1]:
-            buf = torch.mul(grad_out, x)
-            grad_s = buf.sum(dim=(2, 3), keepdim=True).to(s.dtype)
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mul(grad_out, s, out=buf) if buf is not None else grad_out * s
-            grad_x = grad_x.to(x.dtype)
-        return grad_x, grad_s
 
 
 @MODELS.register_module()
@@ -161,6 +102,8 @@ class SE(BaseModule):
     """
 
     _abbr_ = 'se'
+    #: The paper's placement, filled in by the tools for the short plugin form.
+    default_position = 'after_conv3'
 
     def __init__(self,
                  in_channels,
@@ -203,13 +146,8 @@ class SE(BaseModule):
 
     def forward(self, x):
         check_input('SE', x, self.in_channels)
-        # The Functions only pay off in backward; without grad, plain ops.
-        grad = torch.is_grad_enabled()
         n, c = x.shape[:2]
-        z = _SpatialMean.apply(x) if grad else x.mean(dim=(2, 3), keepdim=True)  # squeeze
-        # excite: the 1x1 convs' weights applied as matrix products on [N, C];
-        # a 1x1 conv on a 1x1 map pays the conv dispatch for a matmul's work.
-        hidden = F.linear(z.view(n, c), self.fc1.weight.view(self.rd_channels, c), self.fc1.bias)
-        s = F.linear(self.act(hidden), self.fc2.weight.view(c, self.rd_channels), self.fc2.bias)
-        s = self.gate(s).view(n, c, 1, 1)
-        return _ChannelScale.apply(x, s) if grad else x * s
+        z = x.mean(dim=(2, 3))  # squeeze, [N, C]
+        hidden = self.act(F.linear(z, self.fc1.weight.view(self.rd_channels, c), self.fc1.bias))
+        s = self.gate(F.linear(hidden, self.fc2.weight.view(c, self.rd_channels), self.fc2.bias))
+        return x * s.view(n, c, 1, 1)  # scale

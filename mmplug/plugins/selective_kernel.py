@@ -105,6 +105,9 @@ class SK(BaseModule):
     """
 
     _abbr_ = 'sk'
+    #: The paper's placement (SK replaces the 3x3 conv), filled in by the tools for the short
+    #: plugin form.
+    default_position = 'after_conv2'
 
     def __init__(self,
                  in_channels,

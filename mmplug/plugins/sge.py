@@ -23,37 +23,17 @@ Details taken from the paper and the authors' release:
 Deliberate robustness choices (same function in fp32):
 
 * The normalisation statistics are computed in float32 (float64 for float64
-  inputs; the first release cast those to float32 too) whatever the input
+  inputs) whatever the input
   dtype. In fp16 the squared deviations overflow and give the NaNs users
   report; the map they are computed on is ``C/G`` times smaller than ``x``.
 * On a 1x1 map (one position) the unbiased std is undefined (0/0). We divide by
   ``max(m - 1, 1)``, so the normalised similarity is 0 and the gate is
   ``sigmoid(beta)``: finite, instead of NaN.
 
-Implementation (CPU measurements on a shared 2-core machine; the gradient
-checks are in ``tests/test_sge.py``):
-
-* Forward: ``x`` is read three times (the means, the similarities as one
-  batched matmul, the final multiply) and the output written once, the floor
-  for eager PyTorch since each step needs the previous one's result over all
-  positions. The rest runs on the ``[N*G, 1, HW]`` map, ``C/G`` times smaller
-  than ``x``, with the fewest ops that measured fastest (``torch.var_mean`` was
-  ~15x slower than mean, subtract and a batched dot there; ``addcmul`` and
-  ``baddbmm`` slower than a multiply and an in-place add).
-* Backward: when something needs a gradient, a custom ``autograd.Function``
-  replaces autograd's backward, which wrote six ``x``-sized temporaries; this
-  one writes one ``x``-sized buffer (``dy * x``, then overwritten with ``dx``)
-  and saves ``x`` (by reference), the means and two ``[N*G, 1, HW]`` maps. It
-  matches autograd to float rounding (1e-15 in float64), passes
-  ``gradcheck`` and, through autograd, ``gradgradcheck``. Forward plus
-  backward took 0.45-0.7x the time of the first release and 0.35-0.55x
-  fightingcv-attention's at 8x512x28x28 and 8x256x56x56 (medians of several
-  interleaved runs); the forward 0.65-0.95x and 0.2-0.4x. Without anything to
-  differentiate (``no_grad``, frozen) the same forward runs without the
-  Function.
-* ``torch.compile(sge)`` works (the Function included) and fused further
-  (forward ~0.8x, forward plus backward ~0.65x of eager at 8x512x28x28, after
-  ~8 s of compiling); the default path does not need it.
+The similarities ``c_i = g . x_i`` of all positions are one batched matrix
+product, which reads ``x`` once and writes only the ``[N*G, 1, HW]`` map (a
+multiply-and-sum would write an ``x``-sized product first); the
+normalisation runs on that map, ``C/G`` times smaller than ``x``.
 """
 import torch
 from mmengine.model import BaseModule
@@ -68,113 +48,38 @@ from mmplug.utils.validation import check_input, check_int
 _VAR_FLOOR = 1e-12
 
 
-def _sge_forward(x, weight, bias, groups, eps, keep_stats=True):
-    """SGE forward; also returns what ``_SGEFunction.backward`` needs.
+def sge(x, weight, bias, groups, eps=1e-5):
+    """The SGE function (module docstring): ``x * sigmoid(gamma * c_hat + beta)`` per group.
 
-    With ``keep_stats=False`` (nothing to differentiate) the gate is computed
-    in the similarity map's memory, which is then overwritten (the same values;
-    one ``[N*G, 1, HW]`` allocation less: 0.86-0.92x the forward time at
-    c2-c5 shapes), and the returned statistics are not meaningful.
+    Args:
+        x (Tensor): ``[N, C, H, W]``, ``C`` divisible by ``groups``.
+        weight (Tensor): ``gamma``, ``[groups]``.
+        bias (Tensor): ``beta``, ``[groups]``.
+        groups (int): Number of channel groups ``G``.
+        eps (float): Added to the standard deviation. Defaults to 1e-5.
 
-    The statistics run in ``acc`` = float32 (float64 for float64 inputs) with
-    autocast off; only the ``[N*G, 1, HW]`` gate is cast back to ``x.dtype``.
-    The in-place ops only touch intermediates that no backward formula reads,
-    so autograd can differentiate this too (``_SGEFunction`` does for
-    double backward).
+    Returns:
+        tuple[Tensor, Tensor]: The output ``[N, C, H, W]`` and the gate
+        ``sigmoid(a)``, ``[N, G, H, W]``, in ``x``'s dtype.
     """
     n, c, h, w = x.shape
     m = h * w
-    acc = torch.promote_types(x.dtype, torch.float32)
+    # Statistics in float32 (float64 stays float64) with autocast off; only the
+    # gate is cast back to x's dtype.
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xg = x.reshape(n * groups, c // groups, m)  # [N*G, C/G, HW], a view if contiguous
-        xa = xg.to(acc)  # a copy only for fp16/bf16 inputs
+        xg = x.reshape(n * groups, c // groups, m)  # [N*G, C/G, HW]
+        xa = xg.to(acc)
         mean = xa.mean(dim=2, keepdim=True)  # [N*G, C/G, 1]  g = mean_i x_i
-        # c_i = g . x_i for all positions as one batched matmul, centred in place.
-        d = torch.bmm(mean.transpose(1, 2), xa)  # [N*G, 1, HW]
-        d = d.sub_(d.mean(dim=2, keepdim=True))
-        var = torch.bmm(d, d.transpose(1, 2)).div_(max(m - 1, 1))  # [N*G, 1, 1]
-        std = var.clamp_min(_VAR_FLOOR).sqrt_()
-        inv = (std + eps).reciprocal_()  # 1 / (sigma_c + eps)
-        # gamma / (sigma_c + eps), row b = n * G + g of [N*G, ...] being group g
-        scale = (inv.view(n, groups) * weight.to(acc)).view(n * groups, 1, 1)
-        # a_i = gamma * c_hat_i + beta on the small map (mul + add_ beat addcmul and
-        # baddbmm there); x is touched once more, by the final multiply.
-        gate = (d * scale) if keep_stats else d.mul_(scale)
-        gate = gate.view(n, groups, m).add_(bias.to(acc).view(groups, 1)).sigmoid_()
-        gate = gate.view(n * groups, 1, m)  # [N*G, 1, HW]
-        out = xg * gate.to(x.dtype)  # [N*G, C/G, HW]
-    return out, (xg, mean, d, var, std, inv, scale, gate)
-
-
-def _sge_double_backward(ctx, grad_out, x, weight, bias):
-    """Gradients that are themselves differentiable (``create_graph=True``, e.g.
-    gradient penalties): autograd through the same forward, recomputed."""
-    inputs = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad) if need]
-    with torch.enable_grad():
-        out = _sge_forward(x, weight, bias, ctx.groups, ctx.eps)[0]
-    grads = iter(torch.autograd.grad(out, inputs, grad_out, create_graph=True))
-    return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
-
-
-class _SGEFunction(torch.autograd.Function):
-    """SGE with a hand-written backward.
-
-    Autograd through the forward above writes six ``x``-sized temporaries in
-    backward (``dy * gate``, ``dy * x``, the matmul's and the mean's gradients
-    and their sums). This backward writes one ``x``-sized buffer: ``dy * x``
-    (summed over each group's channels), then overwritten with ``dx``. It saves
-    ``x``, the ``[N*G, C/G, 1]`` means and two ``[N*G, 1, HW]`` maps (the
-    centred similarity and the gate). With ``create_graph=True`` it falls back
-    to autograd through the recomputed forward, so double backward works.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps):
-        out, (_, *stats) = _sge_forward(x, weight, bias, groups, eps)
-        ctx.groups, ctx.eps = groups, eps
-        ctx.save_for_backward(x, weight, bias, *stats)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, bias, mean, d, var, std, inv, scale, gate = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: let autograd differentiate
-            return _sge_double_backward(ctx, grad_out, x, weight, bias)
-        n, c, h, w = x.shape
-        m, g = h * w, ctx.groups
-        acc = mean.dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # a view of x (a copy again if x was not contiguous, e.g. channels_last)
-            xg = x.reshape(n * g, c // g, m)  # [N*G, C/G, HW]
-            yg = grad_out  # [N*G, C/G, HW], the shape forward returned
-            # dL/dgate_i = sum_k y_ki x_ki; the product's buffer becomes dx below.
-            buf = x.new_empty(x.shape)
-            prod = torch.mul(yg, xg, out=buf.view(xg.shape))
-            dgate = prod.sum(dim=1, keepdim=True, dtype=acc)  # [N*G, 1, HW]
-            da = torch.ops.aten.sigmoid_backward(dgate, gate)  # dL/da_i
-            da_d = torch.bmm(da, d.transpose(1, 2))  # [N*G, 1, 1]  sum_i da_i d_i
-            grad_w = grad_b = grad_x = None
-            if ctx.needs_input_grad[1]:
-                grad_w = (da_d * inv).view(n, g).sum(0).to(weight.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_b = da.sum(dim=2).view(n, g).sum(0).to(weight.dtype)
-            if ctx.needs_input_grad[0]:
-                # Back through c_hat = d / (sqrt(clamp(var)) + eps), var = |d|^2 / (m-1).
-                d_inv = (da_d.view(n, g) * weight.to(acc)).view(n * g, 1, 1)  # dL/dinv
-                d_std = -d_inv * inv * inv
-                d_var = torch.where(var >= _VAR_FLOOR, d_std * 0.5 / std, 0.0)
-                dd = da * scale  # dL/dd
-                dd.addcmul_(d, d_var, value=2.0 / max(m - 1, 1))
-                dc = dd.sub_(dd.mean(dim=2, keepdim=True))  # dL/dc_i (centring)
-                # c_i = g . x_i with g = mean_i x_i:
-                # dx_ki = y_ki gate_i + g_k dc_i + (sum_j dc_j x_kj) / m.
-                via_mean = torch.bmm(xg.to(acc), dc.transpose(1, 2)).div_(m)  # [N*G, C/G, 1]
-                dt = xg.dtype
-                # (baddbmm with a broadcast input first copies it over the output)
-                torch.mul(mean.to(dt), dc.to(dt), out=prod).add_(via_mean.to(dt))
-                prod.addcmul_(yg, gate.to(dt))
-                grad_x = buf
-        return grad_x, grad_w, grad_b, None, None
+        sim = torch.bmm(mean.transpose(1, 2), xa)  # [N*G, 1, HW]  c_i = g . x_i
+        sim = sim - sim.mean(dim=2, keepdim=True)
+        var = sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)  # unbiased
+        std = var.clamp_min(_VAR_FLOOR).sqrt()
+        c_hat = (sim / (std + eps)).view(n, groups, h, w)
+        a = c_hat * weight.to(acc).view(1, groups, 1, 1) + bias.to(acc).view(1, groups, 1, 1)
+        gate = torch.sigmoid(a).to(x.dtype)  # [N, G, H, W]
+        out = xg * gate.view(n * groups, 1, m)  # [N*G, C/G, HW]
+    return out.view(n, c, h, w), gate
 
 
 @MODELS.register_module()
@@ -214,6 +119,8 @@ class SGE(BaseModule):
     """
 
     _abbr_ = 'sge'
+    #: The paper's placement, filled in by the tools for the short plugin form.
+    default_position = 'after_conv3'
 
     def __init__(self, in_channels, groups=64, eps=1e-5, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -242,15 +149,11 @@ class SGE(BaseModule):
         torch.nn.init.zeros_(self.weight)
         torch.nn.init.ones_(self.bias)
 
+    def gate(self, x):
+        """The gate ``sigmoid(gamma * c_hat + beta)`` that multiplies each group, ``[N, G, H, W]``."""
+        check_input('SGE', x, self.in_channels)
+        return sge(x, self.weight, self.bias, self.groups, self.eps)[1]
+
     def forward(self, x):
         check_input('SGE', x, self.in_channels)
-        n, c, h, w = x.shape
-        args = (x, self.weight, self.bias, self.groups, self.eps)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in args[:3]):
-            # The Function returns [N*G, C/G, HW]; reshaping outside it keeps the
-            # result an ordinary autograd view, so hosts may modify it in place
-            # (mmdet's Bottleneck does `out += identity`).
-            out = _SGEFunction.apply(*args)
-        else:  # nothing to differentiate: the same forward without the Function
-            out = _sge_forward(*args, keep_stats=False)[0]
-        return out.view(n, c, h, w)
+        return sge(x, self.weight, self.bias, self.groups, self.eps)[0]

@@ -160,6 +160,9 @@ class STN(BaseModule):
     """
 
     _abbr_ = 'stn'
+    #: No ResNet plugin position is the paper's.
+    default_position = None
+    position_note = 'where to warp depends on the task (class docstring)'
 
     def __init__(self,
                  in_channels,

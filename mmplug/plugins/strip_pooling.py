@@ -121,6 +121,8 @@ class StripPooling(BaseModule):
     """
 
     _abbr_ = 'strip_pooling'
+    #: The paper's placement, filled in by the tools for the short plugin form.
+    default_position = 'after_conv2'
 
     def __init__(self,
                  in_channels,

@@ -98,7 +98,9 @@ but has not been run here (CPU only).
     python tools/analysis/benchmark_plugins.py --smoke          # CI: seconds
 """
 import argparse
+import contextlib
 import copy
+import functools
 import importlib
 import math
 import statistics
@@ -150,6 +152,25 @@ def _fcv(name):
     return importlib.import_module(f'fightingcv_attention.attention.{name}')
 
 
+@functools.lru_cache(maxsize=None)
+def timm_available():
+    """Whether ``timm.layers`` imports here (it needs torchvision): its peers join the groups."""
+    try:
+        importlib.import_module('timm.layers')
+    except Exception:  # not installed, or its torchvision import fails
+        return False
+    return True
+
+
+def _timm(name):
+    module = 'timm.layers.cbam' if name == 'CbamModule' else 'timm.layers'
+    return getattr(importlib.import_module(module), name)
+
+
+def _with_timm(candidates, *timm_candidates):
+    return candidates + list(timm_candidates) if timm_available() else candidates
+
+
 # ------------------------------------------------------------ parity mappings
 
 def _parity_se_fcv(ours, peer):
@@ -176,10 +197,7 @@ def _parity_cbam_fcv(ours, peer):
     peer.sa.conv.weight.copy_(ours.spatial_conv.weight)
     norm = ours.spatial_norm
     if isinstance(norm, nn.modules.batchnorm._BatchNorm):  # eval BN as the identity
-        norm.running_mean.zero_()
-        norm.running_var.fill_(1 - norm.eps)
-        norm.weight.fill_(1.0)
-        norm.bias.zero_()
+        _bn_identity_(norm)
         peer.sa.conv.bias.zero_()
     else:
         peer.sa.conv.bias.copy_(ours.spatial_conv.bias)
@@ -218,6 +236,56 @@ def _parity_sk_fcv(ours, peer):
         fc.bias.zero_()
     return ('peer biases 0, its 5x5 kernels hold our dilated 3x3 taps, our W-BN folded '
             'into its FC with z > 0'), None
+
+
+def _bn_identity_(bn):
+    """An eval-mode BatchNorm that passes its input through unchanged."""
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1 - bn.eps)
+    bn.weight.fill_(1.0)
+    bn.bias.zero_()
+
+
+def _parity_se_timm(ours, peer):
+    for src, dst in ((ours.fc1, peer.fc1), (ours.fc2, peer.fc2)):
+        dst.weight.copy_(src.weight)
+        dst.bias.copy_(src.bias)
+    return 'same parameters', None
+
+
+def _parity_cbam_timm(ours, peer):
+    nn.init.zeros_(ours.fc1.bias)  # the peer's MLP has no bias
+    nn.init.zeros_(ours.fc2.bias)
+    peer.channel.fc1.weight.copy_(ours.fc1.weight)
+    peer.channel.fc2.weight.copy_(ours.fc2.weight)
+    # The peer stacks [mean; max] where ours stacks [max; mean].
+    peer.spatial.conv.conv.weight.copy_(ours.spatial_conv.weight.flip(1))
+    peer.spatial.conv.bn.load_state_dict(ours.spatial_norm.state_dict())
+    return ('our MLP biases 0 (the peer has none); its spatial conv takes [mean; max], '
+            'our weights flipped to match'), None
+
+
+def _parity_sk_timm(ours, peer):
+    for path, other in zip(ours.paths, peer.paths):
+        other.conv.weight.copy_(path.conv.weight)
+        other.bn.load_state_dict(path.bn.state_dict())
+    peer.attn.fc_reduce.weight.copy_(ours.fc_reduce.conv.weight)
+    peer.attn.bn.load_state_dict(ours.fc_reduce.bn.state_dict())
+    peer.attn.fc_select.weight.copy_(ours.fc_select.weight)
+    return 'same parameters (the peer without split_input, dilated 3x3 second path)', None
+
+
+def _parity_non_local_timm(ours, peer):
+    # The peer scales the logits by 1/sqrt(C), ours by 1/sqrt(C'): its theta holds ours
+    # times sqrt(C / C').
+    ratio = (ours.in_channels / ours.inter_channels) ** 0.5
+    for src, dst, factor in ((ours.theta, peer.t, ratio), (ours.phi, peer.p, 1.0),
+                             (ours.g, peer.g, 1.0), (ours.conv_out, peer.z, 1.0)):
+        dst.weight.copy_(src.conv.weight * factor)
+        dst.bias.copy_(src.conv.bias * factor)
+    _bn_identity_(peer.norm)
+    return ("peer's theta scaled by sqrt(C / C') (it scales logits by 1/sqrt(C)), its "
+            'output BN the identity'), None
 
 
 def _parity_state_dict(ours, peer):
@@ -311,18 +379,24 @@ def _conv_reference(c, stride=1):
 
 
 def _se(c):
-    return [Candidate('ours', 'ours', lambda: mmplug.SE(c)),
-            Candidate('fightingcv SEAttention', 'peer',
-                      lambda: _fcv('SEAttention').SEAttention(channel=c, reduction=16),
-                      _parity_se_fcv),
-            Candidate('mmdet SELayer', 'peer', lambda: _mmdet_se(c), _parity_se_mmdet)]
+    return _with_timm(
+        [Candidate('ours', 'ours', lambda: mmplug.SE(c)),
+         Candidate('fightingcv SEAttention', 'peer',
+                   lambda: _fcv('SEAttention').SEAttention(channel=c, reduction=16),
+                   _parity_se_fcv),
+         Candidate('mmdet SELayer', 'peer', lambda: _mmdet_se(c), _parity_se_mmdet)],
+        Candidate('timm SEModule', 'peer',
+                  lambda: _timm('SEModule')(c, rd_ratio=1 / 16, rd_divisor=1), _parity_se_timm))
 
 
 def _cbam(c):
-    return [Candidate('ours', 'ours', lambda: mmplug.CBAM(c)),
-            Candidate('fightingcv CBAMBlock', 'peer',
-                      lambda: _fcv('CBAM').CBAMBlock(channel=c, reduction=16, kernel_size=7),
-                      _parity_cbam_fcv)]
+    return _with_timm(
+        [Candidate('ours', 'ours', lambda: mmplug.CBAM(c)),
+         Candidate('fightingcv CBAMBlock', 'peer',
+                   lambda: _fcv('CBAM').CBAMBlock(channel=c, reduction=16, kernel_size=7),
+                   _parity_cbam_fcv)],
+        Candidate('timm CbamModule', 'peer', lambda: _timm('CbamModule')(c, rd_ratio=1 / 16),
+                  _parity_cbam_timm))
 
 
 def _sge(c):
@@ -352,19 +426,30 @@ class _SKPerBranchLoop(mmplug.SK):
         return (feats * logits.softmax(dim=0)).sum(dim=0)
 
 
+def _timm_sk(c):
+    return _timm('SelectiveKernel')(c, c, kernel_size=[3, 5], groups=32, split_input=False,
+                                    rd_channels=mmplug.SK(c).rd_channels)
+
+
 def _sk(c):
-    return [Candidate('ours', 'ours', lambda: mmplug.SK(c)),
-            Candidate('per-branch loop (our function)', 'peer', lambda: _SKPerBranchLoop(c),
-                      _parity_state_dict),
-            Candidate('fightingcv SKAttention', 'peer',
-                      lambda: _fcv('SKAttention').SKAttention(channel=c, kernels=[3, 5],
-                                                              reduction=16, group=32, L=32),
-                      _parity_sk_fcv)]
+    return _with_timm(
+        [Candidate('ours', 'ours', lambda: mmplug.SK(c)),
+         Candidate('per-branch loop (our function)', 'peer', lambda: _SKPerBranchLoop(c),
+                   _parity_state_dict),
+         Candidate('fightingcv SKAttention', 'peer',
+                   lambda: _fcv('SKAttention').SKAttention(channel=c, kernels=[3, 5],
+                                                           reduction=16, group=32, L=32),
+                   _parity_sk_fcv)],
+        Candidate('timm SelectiveKernel', 'peer', lambda: _timm_sk(c), _parity_sk_timm))
 
 
 def _non_local(c):
-    return [Candidate('ours', 'ours', lambda: mmplug.NonLocal(c)),
-            Candidate('mmcv NonLocal2d', 'peer', lambda: _mmcv_non_local(c), _parity_state_dict)]
+    return _with_timm(
+        [Candidate('ours', 'ours', lambda: mmplug.NonLocal(c)),
+         Candidate('mmcv NonLocal2d', 'peer', lambda: _mmcv_non_local(c), _parity_state_dict)],
+        Candidate('timm NonLocalAttn', 'peer',
+                  lambda: _timm('NonLocalAttn')(c, rd_ratio=0.5, rd_divisor=1),
+                  _parity_non_local_timm))
 
 
 def _only_ours(cls):
@@ -388,9 +473,12 @@ def _blur_conv(c):
 
 
 def _blur_pool(c):
-    return [Candidate('ours', 'ours', lambda: mmplug.BlurPool2d(c)),
-            Candidate('nn.MaxPool2d(3, 2, 1) (reference)', 'reference',
-                      lambda: nn.MaxPool2d(3, 2, 1))]
+    return _with_timm(
+        [Candidate('ours', 'ours', lambda: mmplug.BlurPool2d(c)),
+         Candidate('nn.MaxPool2d(3, 2, 1) (reference)', 'reference',
+                   lambda: nn.MaxPool2d(3, 2, 1))],
+        Candidate('timm BlurPool2d', 'peer', lambda: _timm('BlurPool2d')(c),
+                  _parity_state_dict))
 
 
 def _dcn(c):
@@ -522,16 +610,28 @@ def _randomize_(module, seed):
             m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """fp32 matmuls and convolutions in full precision: CUDA's TF32 off (Ampere and later
+    run fp32 convolutions in TF32 by default, ~1e-3 relative error)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def check_parity(ours, other, parity, inputs, seed=0):
     """Compare ``other`` with ``ours`` on copies with random weights mapped by ``parity``.
 
-    Runs the first two images of ``inputs`` in eval mode. Returns a dict:
-    ``max_abs_diff``, ``scale`` (max |output|), ``ok`` (within ``PARITY_TOL``
-    relative to ``max(1, scale)``) and ``note``.
+    Runs the first two images of ``inputs`` in eval mode, in fp32 with TF32 off.
+    Returns a dict: ``max_abs_diff``, ``scale`` (max |output|), ``ok`` (within
+    ``PARITY_TOL`` relative to ``max(1, scale)``) and ``note``.
     """
     ours, other = copy.deepcopy(ours).eval(), copy.deepcopy(other).eval()
     xs = [x[:2] for x in inputs]
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32():
         _randomize_(ours, seed)
         _randomize_(other, seed + 1)  # every weight the mapping misses stays different
         note, transform = parity(ours, other)
@@ -550,8 +650,18 @@ def _error(err):
     return text if len(text) <= 120 else text[:117] + '...'
 
 
-def _setup(candidate, inputs, grad_inputs, device, ours):
-    """Build ``candidate`` and measure what does not need timing; a dict row."""
+def _autocast(device, dtype):
+    """Autocast to ``dtype`` (None: fp32, no autocast)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _setup(candidate, inputs, grad_inputs, device, ours, dtype=None, compile_backend=None):
+    """Build ``candidate`` and measure what does not need timing.
+
+    Returns:
+        tuple: ``(module, timed, row)``: the eager module (parity), what is timed
+        (the module, or ``torch.compile`` of it) and a dict row.
+    """
     row = dict(impl=candidate.impl, kind=candidate.kind, error=None, params=None, macs=None,
                saved_bytes=None, peak_bytes=None, parity=None)
     try:
@@ -562,7 +672,8 @@ def _setup(candidate, inputs, grad_inputs, device, ours):
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
-        row['saved_bytes'], out = saved_tensor_bytes(module, grad_inputs)
+        with _autocast(device, dtype):
+            row['saved_bytes'], out = saved_tensor_bytes(module, grad_inputs)
         _loss(out).backward()
         del out
         if device.type == 'cuda':
@@ -570,18 +681,23 @@ def _setup(candidate, inputs, grad_inputs, device, ours):
             row['peak_bytes'] = torch.cuda.max_memory_allocated(device) - before
         if candidate.parity is not None and ours is not None:
             row['parity'] = check_parity(ours, module, candidate.parity, inputs)
+        timed = module if compile_backend is None else torch.compile(module,
+                                                                      backend=compile_backend)
     except Exception as err:  # a missing or failing implementation fails its row only
         row['error'] = _error(err)
-        module = None
-    return module, row
+        module = timed = None
+    return module, timed, row
 
 
-def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
+def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0, dtype=None,
+                  compile_backend=None):
     """Build module ``name`` and its peers for inputs of ``shapes`` and measure them.
 
     Timing is round-robin: each of ``warmup + repeats`` rounds times the clone
-    floor and every candidate once (forward, then forward+backward), starting
-    one candidate later than the round before.
+    floor and every candidate once (forward, then forward+backward), in a
+    shuffled order. ``dtype`` (e.g. ``torch.bfloat16``) times under autocast to
+    it; ``compile_backend`` times ``torch.compile(module, backend=...)`` (the
+    warm-up rounds compile).
 
     Returns:
         dict: ``clone_ms``, ``clone_samples_ms`` and ``rows`` (one dict per
@@ -599,20 +715,23 @@ def measure_group(name, shapes, device, warmup, repeats, bar=None, seed=0):
     ours = None
     for candidate in candidates:
         torch.manual_seed(seed)
-        module, row = _setup(candidate, inputs, grad_inputs, device, ours)
+        module, timed_module, row = _setup(candidate, inputs, grad_inputs, device, ours, dtype,
+                                           compile_backend)
         if ours is None and module is not None and candidate.kind == 'ours':
             ours = module
         rows.append(row)
-        built.append(module)
+        built.append(timed_module)
     timed = timer(device)
     entries = [None] + [i for i, m in enumerate(built) if m is not None]  # None: clone floor
 
     def forward(module):
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(device, dtype):
             module(*inputs)
 
     def forward_backward(module):
-        _loss(module(*grad_inputs)).backward()
+        with _autocast(device, dtype):
+            loss = _loss(module(*grad_inputs))
+        loss.backward()
 
     def measure(entry):
         if entry is None:
@@ -659,7 +778,7 @@ def plan(names, stages=None, shape=None, batch=8, image=(224, 224), scale=1.0, w
     return jobs
 
 
-def run(jobs, device, warmup, repeats, progress=True):
+def run(jobs, device, warmup, repeats, progress=True, dtype=None, compile_backend=None):
     """Measure every job of ``plan``; a list of group dicts (``measure_group`` plus labels)."""
     bar = progress_bar(len(jobs) * (warmup + repeats), 'benchmark') if progress else None
     groups = []
@@ -668,7 +787,8 @@ def run(jobs, device, warmup, repeats, progress=True):
             kind = MODULES[name][0]
             if bar is not None:
                 bar.set_description(f'{name} {stage or "custom"}')
-            group = measure_group(name, shapes, device, warmup, repeats, bar)
+            group = measure_group(name, shapes, device, warmup, repeats, bar, dtype=dtype,
+                                  compile_backend=compile_backend)
             groups.append(dict(module=name, stage=stage, input=kind,
                                shapes=[list(s) for s in shapes],
                                shape=_shape_label(shapes, _where(kind, stage)), **group))
@@ -680,6 +800,17 @@ def run(jobs, device, warmup, repeats, progress=True):
 
 # ------------------------------------------------------------ output
 
+#: --dtype choices: name -> autocast dtype (None: fp32 without autocast).
+DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def _precision(meta):
+    text = 'fp32' if meta.get('dtype', 'fp32') == 'fp32' else f'{meta["dtype"]} autocast'
+    if meta.get('compile'):
+        text += f', torch.compile(backend={meta["compile"]!r})'
+    return text
+
+
 def to_markdown(results):
     """The table, the parity checks and the footnotes."""
     meta, groups = results['meta'], results['groups']
@@ -687,7 +818,7 @@ def to_markdown(results):
     lines = [
         f'Device: {meta["device_name"]}, {meta["threads"]} threads; torch {meta["torch"]}. '
         f'Medians of {meta["repeats"]} interleaved repeats after {meta["warmup"]} warm-up; '
-        f'fp32, train mode, {meta["date"]}.' + (' **Smoke run: not a benchmark.**'
+        f'{_precision(meta)}, train mode, {meta["date"]}.' + (' **Smoke run: not a benchmark.**'
                                                 if meta['smoke'] else ''), '',
         '| module | shape | impl | params | MMACs | fwd ms | fwd+bwd ms | saved MiB '
         '| fwd / clone | fwd vs fastest peer | fwd+bwd vs fastest peer |'
@@ -768,6 +899,12 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=positive(int),
                         help='torch intra-op threads (default torch.get_num_threads())')
     parser.add_argument('--device', help="'cpu' or 'cuda' (default: cuda when available)")
+    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32',
+                        help='time under autocast to this dtype (default fp32: no autocast); '
+                        'parity is always checked in fp32')
+    parser.add_argument('--compile', nargs='?', const='inductor', metavar='BACKEND',
+                        help='time torch.compile(module, backend=BACKEND) (default backend: '
+                        'inductor); the warm-up rounds compile')
     parser.add_argument('--smoke', action='store_true',
                         help='tiny shapes, 1 warm-up, 2 repeats: checks the tool, times nothing')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -794,10 +931,12 @@ def main(argv=None):
     jobs = plan(names, args.stages, args.shape, args.batch, args.image, args.scale,
                 args.width_div)
     with num_threads(args.threads) as threads:
-        groups = run(jobs, device, args.warmup, args.repeats, progress=not args.no_progress)
+        groups = run(jobs, device, args.warmup, args.repeats, progress=not args.no_progress,
+                     dtype=DTYPES[args.dtype], compile_backend=args.compile)
     image = [max(1, round(s * args.scale)) for s in args.image]
     meta = dict(device=str(device), device_name=device_name(device), threads=threads,
-                torch=torch.__version__, warmup=args.warmup, repeats=args.repeats,
+                torch=torch.__version__, dtype=args.dtype, compile=args.compile,
+                timm=timm_available(), warmup=args.warmup, repeats=args.repeats,
                 batch=args.batch, image=image, shape=args.shape, smoke=args.smoke,
                 date=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                 argv=list(sys.argv[1:] if argv is None else argv))

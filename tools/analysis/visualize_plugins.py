@@ -25,8 +25,7 @@ anything is recomputed. Per module type, from what the hooks record:
   formula applied to that output), as bars; the spatial gate
   ``sigmoid(spatial_norm output)`` over the image.
 * ``SGE``: no submodule carries the gate, so it is recomputed from the captured
-  input with the module's own forward function ``mmplug.plugins.sge._sge_forward``
-  (its weight, bias, groups and eps): one map per group ``G`` in a grid, and
+  input with the module's ``gate(x)``: one map per group ``G`` in a grid, and
   their mean over the image.
 * ``StripPooling``: the gate ``gate_scale * sigmoid(fuse output)`` (channel mean
   over the image, and its range), and the two strip profiles, the channel
@@ -325,13 +324,10 @@ class SGEProbe(Probe):
     max_groups = 64
 
     def compute(self, ctx):
-        from mmplug.plugins.sge import _sge_forward  # the module's own forward
         m = self.module
         x = self.store['x'][0][:1]
-        n, c, h, w = x.shape
-        gate = _sge_forward(x, m.weight.detach().float().cpu(), m.bias.detach().float().cpu(),
-                            m.groups, m.eps)[1][-1]  # [G, 1, HW] for the first image
-        gate = gate.view(m.groups, h, w)
+        with torch.no_grad():
+            gate = m.gate(x.to(m.weight))[0].float().cpu()  # [G, H, W] for the first image
         self.result = dict(groups=gate.numpy())
         self.summary = _stats(f'gates of {m.groups} groups', gate)
 
