@@ -20,11 +20,14 @@ demo: setup
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
 	$(PY) tools/test.py $(DEMO_CONFIG) $$(cat $(DEMO_WORK_DIR)/last_checkpoint) --work-dir $(DEMO_WORK_DIR)
 
+# The linter first (ruff, configured in pyproject.toml), then the suite.
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compat:
 	STACK=floor VENV=$(abspath $(FLOOR_VENV)) bash scripts/setup_env.sh
+	$(FLOOR_VENV)/bin/ruff check .
 	$(FLOOR_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean-demo:

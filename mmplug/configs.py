@@ -1,16 +1,11 @@
-"""The configs that ship with the package.
+"""The configs that ship with the package, installed as ``mmplug/.mim/configs``.
 
-``configs/`` of a clone is installed as ``mmplug/.mim/configs`` (package data; a
-link in the clone), where mmdet and mmseg keep theirs. ``mmplug::<path>`` names
-one of them wherever the package is installed::
+``mmplug::<path>`` names one wherever the package is installed::
 
-    python -m mmplug.train mmplug::faster_rcnn_r50_dcn_asff.py
     python -m mmplug.train mmplug::sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py
 
-A config of your own takes one as its base by file path (mmengine resolves
-``package::`` in ``_base_`` only for OpenMMLab's own packages); this prints it::
-
-    python -c "from mmplug.configs import config_path; print(config_path('mmplug::sge/...'))"
+mmengine resolves ``package::`` in ``_base_`` only for OpenMMLab's packages, so
+a config of your own takes one as its base by the path ``config_path`` returns.
 """
 import os.path as osp
 

@@ -1,6 +1,5 @@
-"""Evaluate a checkpoint of an mmdet or mmseg config, with mmplug's modules registered.
-
-Mirrors mmdet 3.x's ``tools/test.py``:
+"""Evaluate a checkpoint of an mmdet or mmseg config, with mmplug's modules registered
+(mirrors mmdet 3.x's ``tools/test.py``)::
 
     python -m mmplug.test CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
                           [--show-dir DIR] [--tta] [--cfg-options k=v ...]
@@ -8,18 +7,15 @@ Mirrors mmdet 3.x's ``tools/test.py``:
 """
 import argparse
 import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
-from mmplug.configs import config_path
 from mmplug.data import prepare_data
-from mmplug.utils import (check_checkpoint_is_safe, check_registered_types,
-                          fill_plugin_positions)
+from mmplug.engine import check_checkpoint_is_safe, load_tool_config
 
 
 def parse_args(argv=None):
@@ -67,18 +63,7 @@ def trigger_visualization_hook(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.config = config_path(args.config)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    check_registered_types(cfg)
-    fill_plugin_positions(cfg)  # the short form plugins=[dict(cfg=dict(type=...))]
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg, _ = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     cfg.load_from = args.checkpoint
     check_checkpoint_is_safe(cfg.load_from)  # names what a refused checkpoint holds

@@ -1,35 +1,33 @@
 """Train an mmdet or mmseg model from a config, with mmplug's modules registered.
 
-Mirrors mmdet 3.x's ``tools/train.py``; the config's ``default_scope`` (``mmdet``
-or ``mmseg``) decides which library builds the model. Embedded demo data is
-generated on first use; missing real data stops with a message.
+Mirrors mmdet 3.x's ``tools/train.py``; the config's ``default_scope`` picks the
+library. Demo data is generated on first use; missing real data stops with a
+message. Checkpoints are atomic and hold the RNG states, so ``--resume`` after
+a kill is bit-identical on CPU (see ``mmplug.engine.atomic_checkpoint``).
 
     python -m mmplug.train CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
                                      [--cfg-options k=v ...] [--launcher pytorch]
-
-Checkpoints are written atomically (mmplug's AtomicCheckpointHook replaces
-CheckpointHook) and hold the random generators' states, so a run killed at any
-moment and continued with ``--resume`` ends bit-identical to an uninterrupted one
-on CPU, given a fixed seed (``randomness=dict(seed=...)``), epoch checkpoints for
-epoch-based loops (any interval for iteration-based ones) and, with
-``num_workers > 0``, ``train_dataloader.persistent_workers=False``.
 """
 import argparse
 import os
-import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
-from mmplug.configs import config_path
 from mmplug.data import prepare_data
-from mmplug.utils import (check_checkpoint_is_safe, check_pretrained, check_registered_types,
-                          fill_plugin_positions, find_resumable_checkpoint,
-                          resolve_torchvision_urls, setup_cpu_distributed, use_atomic_checkpoints)
+from mmplug.engine import (
+    check_checkpoint_is_safe,
+    check_pretrained,
+    find_resumable_checkpoint,
+    load_tool_config,
+    resolve_torchvision_urls,
+    setup_cpu_distributed,
+    use_atomic_checkpoints,
+)
 
 
 def parse_args(argv=None):
@@ -61,11 +59,8 @@ def parse_args(argv=None):
 
 
 def unfused_where_unsupported(cfg):
-    """Train with ``fused=False`` where the config asks for a fused optimizer that this torch
-    cannot run (fused Adam/AdamW on the CPU needs torch >= 2.4): the same updates, slower.
-
-    Returns:
-        bool: Whether ``cfg.optim_wrapper.optimizer.fused`` was turned off.
+    """Set ``optim_wrapper.optimizer.fused=False`` where this torch cannot run it (fused
+    Adam/AdamW on CPU needs torch >= 2.4): the same updates, slower. Returns whether it did.
     """
     optimizer = cfg.get('optim_wrapper', {}).get('optimizer', {})
     cls = getattr(torch.optim, str(optimizer.get('type')), None)
@@ -84,19 +79,7 @@ def unfused_where_unsupported(cfg):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.config = config_path(args.config)
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    check_registered_types(cfg)
-    fill_plugin_positions(cfg)  # the short form plugins=[dict(cfg=dict(type=...))]
-
-    # work_dir priority: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg, _ = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')

@@ -15,8 +15,8 @@ import signal
 
 from mmengine.fileio import register_backend
 
-from mmplug.utils import atomic_checkpoint
-from mmplug.utils.atomic_checkpoint import AtomicLocalBackend
+from mmplug.engine import atomic_checkpoint
+from mmplug.engine.atomic_checkpoint import AtomicLocalBackend
 
 
 def _die():

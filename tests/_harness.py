@@ -1,4 +1,5 @@
-"""Checks every module test file shares (the contract in ../shared/STYLE.md).
+"""Checks and builders the module test files share (``test_contract.py`` holds the
+contract every module meets).
 
 Import as ``from _harness import ...`` (pytest puts ``tests/`` on ``sys.path``).
 """
@@ -35,14 +36,22 @@ needs_cpu_flash_attention = pytest.mark.skipif(
 
 
 def randomize_(module, seed=0, scale=1.0):
-    """Fill every parameter of ``module`` with seeded normal noise (in place).
+    """Fill every parameter of ``module`` with seeded ``N(0, scale^2)`` noise and give every
+    batch norm in it random running statistics (in place); returns ``module``.
 
-    Paper inits are often zeros/ones, which hide bugs; tests randomise first.
+    Paper inits are often zeros/ones, which hide bugs; tests randomise first. The running
+    statistics matter in eval mode, where a batch norm with the default mean 0 and variance 1
+    would only be its affine part: here mean ~ U(-0.5, 0.5) and variance ~ U(0.5, 2), drawn
+    after the parameters (whose values do not depend on them).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
     return module
 
 

@@ -1,5 +1,5 @@
-"""ASFF: contract, the fusion equation, resizing at odd sizes, init, autocast, and use
-after FPN in an mmdet Faster R-CNN."""
+"""ASFF: the fusion equation, resizing at odd sizes, init, autocast, and use after FPN in an
+mmdet Faster R-CNN (the contract every module meets: test_contract.py)."""
 import doctest
 import math
 
@@ -7,12 +7,19 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _harness import (HOST_INIT_CFG, assert_grads_reach_every_parameter, build_model_in_scope,
-                      randomize_, tiny_det_batch, tiny_faster_rcnn, total_loss)
-from mmengine.model import Sequential
+from mmcv.cnn import ConvModule
 
 import mmplug.necks.asff as asff_module
 from mmplug.necks.asff import ASFF
+
+from _harness import (
+    assert_grads_reach_every_parameter,
+    build_model_in_scope,
+    randomize_,
+    tiny_det_batch,
+    tiny_faster_rcnn,
+    total_loss,
+)
 
 YOLO_CHANNELS = [512, 256, 128]  # mmdet YOLOV3Neck's outputs, deepest first
 YOLO_STRIDES = [32, 16, 8]
@@ -41,40 +48,11 @@ def _sum_of_squares(outs):
 
 
 def _randomized(asff, seed=0):
-    """Random weights (paper init is uniform fusion), and random BN statistics."""
-    randomize_(asff, seed=seed, scale=0.2)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for m in asff.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return asff
+    """Random weights (paper init is uniform fusion) and BN statistics."""
+    return randomize_(asff, seed=seed, scale=0.2)
 
 
 # -- arguments and inputs ------------------------------------------------------------------
-
-@pytest.mark.parametrize('kwargs, words', [
-    (dict(in_channels=[]), ['in_channels', '[]']),
-    (dict(in_channels=256), ['in_channels', 'list', '256']),
-    (dict(in_channels=[256]), ['at least 2', '[256]']),
-    (dict(in_channels=[256, 0]), ['in_channels[1]', '0']),
-    (dict(in_channels=[256, 256], out_channels=0), ['out_channels', '0']),
-    (dict(in_channels=[256, 256], out_channels=[256]), ['out_channels', '2 ints', '[256]']),
-    (dict(in_channels=[256, 256], out_channels=[256, -1]), ['out_channels[1]', '-1']),
-    (dict(in_channels=[256, 256], strides=[8]), ['strides', '2 ints', '[8]']),
-    (dict(in_channels=[256, 256], strides=[8, 0]), ['strides[1]', '0']),
-    (dict(in_channels=[256, 256], strides=[8, 16.0]), ['strides[1]', '16.0']),
-    (dict(in_channels=[64] * 3, strides=[8, 12, 16]), ['power of 2', 'strides[1] = 12', '8']),
-    (dict(in_channels=[64] * 3, strides=[32, 16, 24]), ['power of 2', 'strides[2] = 24']),
-    (dict(in_channels=[256, 256], compress_channels=0), ['compress_channels', '0']),
-    (dict(in_channels=[256, 256], norm_cfg='BN'), ['norm_cfg', "'BN'"]),
-])
-def test_invalid_arguments(kwargs, words):
-    with pytest.raises(ValueError) as err:
-        ASFF(**kwargs)
-    for word in words:
-        assert word in str(err.value), (word, str(err.value))
-
 
 def test_wrong_number_of_levels_named():
     asff = ASFF([16, 8, 4], strides=YOLO_STRIDES)
@@ -155,12 +133,26 @@ def test_any_number_of_levels_and_equal_strides():
     assert [tuple(o.shape) for o in outs] == [(2, 16, 9, 9), (2, 8, 9, 9), (2, 8, 5, 5)]
 
 
-def test_resize_paths_follow_the_paper():
-    asff = ASFF([32] * 5)  # strides 1, 2, ..., 16 relative
-    top = asff.fusions[0].resize  # target: the finest level; all others up-sample
-    assert isinstance(top[0].conv, nn.Identity) and isinstance(top[0].pool, nn.Identity)
-    for k in range(1, 5):
-        assert top[k].upsample and top[k].conv.conv.kernel_size == (1, 1)
+def test_resize_paths_follow_the_release_and_the_paper():
+    # Up-sampling a level of the target's width: the release interpolates it as it is, the
+    # paper's text (variant='paper') compresses it with a 1x1 conv first.
+    release, paper = ASFF([32] * 5), ASFF([32] * 5, variant='paper')
+    assert release.variant == 'release'
+    for asff, upsampled in ((release, nn.Identity), (paper, ConvModule)):
+        top = asff.fusions[0].resize  # target: the finest level; all others up-sample
+        assert isinstance(top[0].conv, nn.Identity) and isinstance(top[0].pool, nn.Identity)
+        for k in range(1, 5):
+            assert top[k].upsample and isinstance(top[k].conv, upsampled)
+            if upsampled is ConvModule:
+                assert top[k].conv.conv.kernel_size == (1, 1)
+    # Other widths always get the 1x1 conv (YOLOv3's 512 -> 256, as in the release).
+    up = ASFF([16, 8], strides=[2, 1]).fusions[1].resize[0]
+    assert up.upsample and up.conv.conv.kernel_size == (1, 1) and up.conv.conv.in_channels == 16
+    with pytest.raises(ValueError, match="variant='paper'"):
+        release.load_state_dict(paper.state_dict())
+    with pytest.raises(ValueError, match='variant must be one of'):
+        ASFF([32] * 2, variant='v1')
+    asff = release
     bottom = asff.fusions[4].resize  # target: the coarsest level; all others down-sample
     assert isinstance(bottom[3].pool, nn.Identity)  # by 2: 3x3 stride-2 conv only
     for k, (kernel, stride, padding) in zip(range(3), [(9, 8, 4), (5, 4, 2), (3, 2, 1)]):
@@ -246,22 +238,6 @@ def test_init_gives_uniform_fusion_weights():
         torch.testing.assert_close(w, torch.full_like(w, 0.2))
 
 
-def test_init_weights_survive_host_init():
-    # As in a neck=[...] chain: the parent's init_cfg runs first, then ASFF's init_weights.
-    asff = ASFF([16, 8, 4], strides=YOLO_STRIDES)
-    host = Sequential(nn.BatchNorm2d(3), asff, init_cfg=HOST_INIT_CFG)
-    randomize_(host)
-    host.init_weights()
-    assert torch.all(host[0].weight == 0.5)  # the host's init did run
-    for fusion in asff.fusions:
-        assert not fusion.weight_logits.weight.any()
-        assert torch.equal(fusion.weight_logits.bias, torch.zeros_like(fusion.weight_logits.bias))
-        # ConvModule re-applies its own init after the host's: norm scale 1, shift 0.
-        assert torch.all(fusion.expand.bn.weight == 1) and torch.all(fusion.expand.bn.bias == 0)
-        assert torch.all(fusion.weight_compress[0].bn.weight == 1)
-    assert torch.all(asff.fusions[0].resize[1].conv.bn.weight == 1)
-
-
 # -- gradients and precision ---------------------------------------------------------------
 
 def test_gradients_reach_every_parameter_and_input():
@@ -304,13 +280,6 @@ def test_autocast_bf16_backward_is_finite():
 
 
 # -- OpenMMLab integration -----------------------------------------------------------------
-
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_registry_build_from_downstream_scope(scope):
-    asff = build_model_in_scope(dict(type='ASFF', in_channels=[16, 8, 4], strides=[32, 16, 8],
-                                     out_channels=8), scope)
-    assert type(asff) is ASFF and asff.out_channels == [8, 8, 8] and asff.strides == [32, 16, 8]
-
 
 def test_after_fpn_in_mmdet_faster_rcnn_loss():
     cfg = tiny_faster_rcnn(neck_after_fpn=dict(type='ASFF'))

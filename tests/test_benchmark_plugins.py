@@ -1,25 +1,38 @@
-"""tools/analysis/benchmark_plugins.py: smoke-run structure, peers, parity, the saved-bytes rule.
+"""tools/analysis/benchmark_plugins.py and mmplug.analysis.benchmark: smoke-run structure, peers,
+parity, the saved-bytes rule.
 
 Nothing here asserts a speed: smoke numbers are checked for structure and sanity only.
 """
+import importlib.util
 import json
 import os.path as osp
 import statistics
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-import benchmark_plugins as bp  # noqa: E402
+from mmplug.analysis import benchmark as bench
+from mmplug.analysis import peers
+from mmplug.plugins.se import SE
 
-from mmplug.plugins.se import SE  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _load_cli():
+    """The command line, ``tools/analysis/benchmark_plugins.py``, as a module."""
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_plugins', osp.join(ROOT, 'tools', 'analysis', 'benchmark_plugins.py'))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+cli = _load_cli()
 
 SMOKE_MODULES = ('SE', 'SGE', 'NonLocal', 'DCNv2UnitMask')
 #: timm's layers join as peers where timm imports (it needs torchvision; the GPU image has it).
-TIMM = bp.timm_available()
+TIMM = peers.timm_available()
 PEERS = {
     'SE': {'ours': 'ours', 'fightingcv SEAttention': 'peer', 'mmdet SELayer': 'peer',
            **({'timm SEModule': 'peer'} if TIMM else {})},
@@ -39,9 +52,9 @@ def smoke(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('bench')
     json_path, md_path = tmp / 'bench.json', tmp / 'bench.md'
     threads = torch.get_num_threads()
-    results = bp.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
-                       '--only', *SMOKE_MODULES, '--json', str(json_path), '--out',
-                       str(md_path)])
+    results = cli.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
+                        '--only', *SMOKE_MODULES, '--json', str(json_path), '--out',
+                        str(md_path)])
     assert torch.get_num_threads() == threads  # restored after the run
     return results, json_path, md_path
 
@@ -55,7 +68,7 @@ def test_json_and_markdown_are_written(smoke):
     with open(json_path, encoding='utf-8') as f:
         assert json.load(f) == json.loads(json.dumps(results))
     table = md_path.read_text(encoding='utf-8')
-    assert table == bp.to_markdown(results)
+    assert table == bench.to_markdown(results)
     assert COLUMNS in table and 'Smoke run' in table
     rows = [line for line in table.splitlines() if line.startswith('|')]
     assert sum('`x.clone()` floor' in line for line in rows) == len(results['groups'])
@@ -135,7 +148,7 @@ def test_peer_outputs_match_ours_and_params_are_equal(smoke):
                 assert row['parity'] is None
                 continue
             p = row['parity']
-            assert p['ok'] and p['max_abs_diff'] <= bp.PARITY_TOL * max(1.0, p['scale']), \
+            assert p['ok'] and p['max_abs_diff'] <= bench.PARITY_TOL * max(1.0, p['scale']), \
                 (g['module'], row['impl'], p)
             assert p['scale'] > 0.1  # random weights: a non-trivial output was compared
             checked += 1
@@ -149,13 +162,26 @@ def test_peer_outputs_match_ours_and_params_are_equal(smoke):
     assert checked == 4 * (2 + TIMM) + 4 + 2 * (1 + TIMM) + 3 * 2
 
 
+def test_dcn_macs_are_the_same_on_every_path(smoke):
+    """The plain-PyTorch path is counted by FlopCounterMode, mmcv's op as its dense conv."""
+    results, _, _ = smoke
+    for g in _groups(results, 'DCNv2UnitMask'):
+        macs = {row['impl']: row['macs'] for row in g['rows']}
+        assert macs['ours (torch)'] == macs['ours (mmcv op)'] \
+            == macs['mmcv ModulatedDeformConv2dPack'], (g['stage'], macs)
+        n, c, h, w = g['shapes'][0]
+        dense = n * h * w * c * c * 9
+        assert macs['nn.Conv2d 3x3 (replaced conv)'] == dense
+        assert macs['ours (torch)'] == dense + n * h * w * 27 * c * 9  # + the offset conv
+
+
 def test_parity_check_is_not_vacuous():
     from mmdet.models.layers import SELayer
     ours, peer = SE(32), SELayer(32, ratio=16)
     x = [torch.randn(2, 32, 5, 5)]
-    assert bp.check_parity(ours, peer, bp._parity_se_mmdet, x)['ok']
+    assert bench.check_parity(ours, peer, peers.parity_se_selayer, x)['ok']
     # without the weight mapping the random weights differ
-    assert not bp.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok']
+    assert not bench.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok']
 
 
 class _Scale(nn.Module):
@@ -173,48 +199,48 @@ class _Scale(nn.Module):
 def test_saved_bytes_known_cases():
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     # y = x * w keeps x (for dw) and w (for dx): the input and a parameter, not counted.
-    saved, out = bp.saved_tensor_bytes(_Scale(3), [x])
+    saved, out = bench.saved_tensor_bytes(_Scale(3), [x])
     assert saved == 0 and out.shape == x.shape
     # y = exp(x) * w: exp keeps its result, mul keeps it again (one storage) and w.
-    saved, _ = bp.saved_tensor_bytes(_Scale(3, torch.exp), [x])
+    saved, _ = bench.saved_tensor_bytes(_Scale(3, torch.exp), [x])
     assert saved == x.numel() * 4
     # A view of an intermediate counts as its whole storage, once.
-    saved, _ = bp.saved_tensor_bytes(_Scale(1, lambda t: torch.exp(t)[:, :1]), [x])
+    saved, _ = bench.saved_tensor_bytes(_Scale(1, lambda t: torch.exp(t)[:, :1]), [x])
     assert saved == x.numel() * 4
     # Three intermediates: exp's result (kept by exp), the product with a Python
     # scalar (kept by sin; the scalar is not saved) and sin's result (kept for dw).
-    saved, _ = bp.saved_tensor_bytes(_Scale(3, lambda t: torch.sin(torch.exp(t) * 2.0)), [x])
+    saved, _ = bench.saved_tensor_bytes(_Scale(3, lambda t: torch.sin(torch.exp(t) * 2.0)), [x])
     assert saved == 3 * x.numel() * 4
 
 
 def test_default_shapes_are_resnet50_stage_outputs():
     jobs = {(name, stage): shapes for name, stage, shapes in
-            bp.plan(['SE', 'DCNv2UnitMask', 'BlurConv2d', 'ASFF', 'NonLocal'])}
-    assert jobs['SE', 'c3'] == [(8, 512, 28, 28)]  # the issue's 8x512x28x28
+            bench.plan(['SE', 'DCNv2UnitMask', 'BlurConv2d', 'ASFF', 'NonLocal'])}
+    assert jobs['SE', 'c3'] == [(8, 512, 28, 28)]  # the default c3 shape
     assert jobs['SE', 'c2'] == [(8, 256, 56, 56)] and jobs['SE', 'c5'] == [(8, 2048, 7, 7)]
     assert jobs['DCNv2UnitMask', 'c4'] == [(8, 256, 14, 14)]  # conv2: C/4
     assert jobs['BlurConv2d', 'c3'] == [(8, 128, 56, 56)]  # the stride-2 conv2's input
     assert jobs['ASFF', 'p3'] == [(8, 256, 28, 28), (8, 256, 14, 14), (8, 256, 7, 7)]
     assert sorted(stage for name, stage in jobs if name == 'NonLocal') == ['c3', 'c4']
-    scaled = bp.plan(['SE'], stages=['c3'], scale=2)
+    scaled = bench.plan(['SE'], stages=['c3'], scale=2)
     assert scaled == [('SE', 'c3', [(8, 512, 56, 56)])]
-    custom = bp.plan(['NonLocal', 'CoordConv2d'], shape=(2, 1024, 64, 64))
+    custom = bench.plan(['NonLocal', 'CoordConv2d'], shape=(2, 1024, 64, 64))
     assert custom == [('NonLocal', None, [(2, 1024, 64, 64)]),
                       ('CoordConv2d', None, [(2, 256, 64, 64)])]
 
 
 def test_arguments():
-    args = bp.parse_args(['--smoke'])
+    args = cli.parse_args(['--smoke'])
     assert (args.batch, args.image, args.warmup, args.repeats) == (2, (64, 64), 1, 2)
-    args = bp.parse_args(['--smoke', '--repeats', '5', '--only', 'SE', 'SK'])
+    args = cli.parse_args(['--smoke', '--repeats', '5', '--only', 'SE', 'SK'])
     assert args.repeats == 5 and args.only == ['SE', 'SK']
-    args = bp.parse_args([])
+    args = cli.parse_args([])
     assert (args.batch, tuple(args.image), args.warmup, args.repeats) == (8, (224, 224), 2, 10)
     for bad in (['--repeats', '0'], ['--only', 'Nope'], ['--shape', '1', '2', '3'],
                 ['--shape', '1', '8', '4', '4', '--stages', 'c3'], ['--scale', '-1']):
         with pytest.raises(SystemExit):
-            bp.parse_args(bad)
-    assert set(bp.MODULES) == {
+            cli.parse_args(bad)
+    assert set(peers.MODULES) == {
         'SE', 'CBAM', 'SGE', 'SK', 'NonLocal', 'STN', 'StripPooling', 'CoordConvPlugin',
         'CoordConv2d', 'GhostConv2d', 'BlurConv2d', 'BlurPool2d', 'DCNv2UnitMask', 'ASFF',
         'RFBBlock', 'ASPPBlock', 'MPMBlock'}
@@ -224,7 +250,7 @@ def test_sk_per_branch_loop_is_our_function_in_the_common_structure():
     """The SK target's reference: same parameters, same outputs, train and eval."""
     import mmplug
     torch.manual_seed(0)
-    ours, loop = mmplug.SK(64), bp._SKPerBranchLoop(64)
+    ours, loop = mmplug.SK(64), peers.SKPerBranchLoop(64)
     loop.load_state_dict(ours.state_dict())
     x = torch.randn(2, 64, 9, 9)
     for train in (True, False):
@@ -233,7 +259,7 @@ def test_sk_per_branch_loop_is_our_function_in_the_common_structure():
         y = ours(x)
         assert y.std() > 0.05  # a non-trivial output
         torch.testing.assert_close(loop(x), y, rtol=1e-5, atol=1e-5)
-    assert [(c.impl, c.kind) for c in bp._sk(64)] == [
+    assert [(c.impl, c.kind) for c in peers.sk_candidates(64)] == [
         ('ours', 'ours'), ('per-branch loop (our function)', 'peer'),
         ('fightingcv SKAttention', 'peer')] + [('timm SelectiveKernel', 'peer')] * TIMM
 
@@ -245,36 +271,36 @@ def test_sk_per_branch_loop_is_our_function_in_the_common_structure():
                                           ('BlurPool2d', 'timm BlurPool2d')])
 def test_timm_peers_compute_our_function(module, impl):
     c = 64
-    candidates = {cand.impl: cand for cand in bp.MODULES[module][2](c)}
+    candidates = {cand.impl: cand for cand in peers.MODULES[module][2](c)}
     ours, peer = candidates['ours'].build(), candidates[impl].build()
     x = [torch.randn(2, c, 12, 10)]
-    assert bp.check_parity(ours, peer, candidates[impl].parity, x)['ok']
-    assert not bp.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok'] \
+    assert bench.check_parity(ours, peer, candidates[impl].parity, x)['ok']
+    assert not bench.check_parity(ours, peer, lambda a, b: ('nothing copied', None), x)['ok'] \
         or module == 'BlurPool2d'  # no parameters: equal without a mapping
 
 
 def test_bf16_autocast_and_compile_options():
-    results = bp.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
-                       '--only', 'SE', '--stages', 'c3', '--dtype', 'bf16', '--compile',
-                       'aot_eager'])
+    results = cli.main(['--smoke', '--device', 'cpu', '--threads', '1', '--no-progress',
+                        '--only', 'SE', '--stages', 'c3', '--dtype', 'bf16', '--compile',
+                        'aot_eager'])
     meta = results['meta']
     assert (meta['dtype'], meta['compile']) == ('bf16', 'aot_eager')
-    assert "bf16 autocast, torch.compile(backend='aot_eager')" in bp.to_markdown(results)
+    assert "bf16 autocast, torch.compile(backend='aot_eager')" in bench.to_markdown(results)
     (group,) = results['groups']
     for row in group['rows']:
         assert row['error'] is None and row['fwd_ms'] > 0 and row['fwd_bwd_ms'] > 0, row
         assert row['parity'] is None or row['parity']['ok']  # parity stays fp32
-    args = bp.parse_args(['--compile'])
+    args = cli.parse_args(['--compile'])
     assert (args.compile, args.dtype) == ('inductor', 'fp32')
     with pytest.raises(SystemExit):
-        bp.parse_args(['--dtype', 'int8'])
+        cli.parse_args(['--dtype', 'int8'])
 
 
 def test_parity_runs_without_tf32_and_restores_it():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        with bp.full_fp32():
+        with bench.full_fp32():
             assert not torch.backends.cuda.matmul.allow_tf32
             assert not torch.backends.cudnn.allow_tf32
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32

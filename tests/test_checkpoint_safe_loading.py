@@ -3,7 +3,7 @@
 mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; since torch 2.6
 that means the safe unpickler, which refuses the ``HistoryBuffer``/numpy objects
 mmengine writes. ``import mmplug`` allow-lists exactly those
-(``mmplug.utils.checkpoint.MMENGINE_SAFE_GLOBALS``). These tests check that
+(``mmplug.safe_loading.MMENGINE_SAFE_GLOBALS``). These tests check that
 Runner checkpoints load and resume bit-exactly, that every allow-list entry is
 needed, and that anything else is still refused.
 """
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _harness import assert_same
-from _tiny_training import Synthetic, TinyNet
 from mmengine.runner import Runner
 
 import mmplug
-from mmplug.utils import allow_mmengine_checkpoints
-from mmplug.utils.checkpoint import MMENGINE_SAFE_GLOBALS
+from mmplug.safe_loading import MMENGINE_SAFE_GLOBALS, allow_mmengine_checkpoints
+
+from _harness import assert_same
+from _tiny_training import Synthetic, TinyNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -292,7 +292,7 @@ _TRAIN_SCRIPT = textwrap.dedent('''
 
     if os.environ.get('MMPLUG_TEST_NO_ALLOWLIST'):
         # Undo only mmplug's allow-list, to show that resume needs it.
-        from mmplug.utils.checkpoint import MMENGINE_SAFE_GLOBALS
+        from mmplug.safe_loading import MMENGINE_SAFE_GLOBALS
         keep = [g for g in torch.serialization.get_safe_globals()
                 if g not in MMENGINE_SAFE_GLOBALS]
         torch.serialization.clear_safe_globals()
@@ -348,7 +348,8 @@ _TRAIN_SCRIPT = textwrap.dedent('''
 def _child_env(**extra):
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
-        [str(REPO_ROOT), str(REPO_ROOT / 'tests')] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+        [str(REPO_ROOT), str(REPO_ROOT / 'tests')]
+        + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
     env.update(CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
                PYTHONUNBUFFERED='1')
     env.update(extra)

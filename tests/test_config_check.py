@@ -4,16 +4,19 @@ import os
 import os.path as osp
 import subprocess
 import sys
-import time
 
 import pytest
 from mmengine.config import Config
 from mmengine.registry import MODELS
 
 import mmplug  # noqa: F401  registers the modules
+from mmplug.engine.config_check import (
+    UnknownTypeError,
+    check_model_types,
+    check_registered_types,
+    close_type_names,
+)
 from mmplug.necks.asff import ASFF
-from mmplug.utils.config_check import (UnknownTypeError, check_model_types,
-                                       check_registered_types, close_type_names)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SGE_DET = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py')
@@ -172,7 +175,6 @@ def test_plugged_backbone_suggests():
 
 def test_train_tool_stops_before_building(tmp_path):
     work_dir, data_root = tmp_path / 'work', tmp_path / 'data/'
-    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools/train.py'), SGE_DEMO, '--work-dir', str(work_dir),
          '--cfg-options', 'model.neck.type=ASF', f'train_dataloader.dataset.data_root={data_root}'],
@@ -184,4 +186,3 @@ def test_train_tool_stops_before_building(tmp_path):
     assert "Did you mean 'ASFF'" in out
     # nothing was built: no demo data generated, no work dir made by the runner
     assert not data_root.exists() and not work_dir.exists()
-    assert time.perf_counter() - start < 120

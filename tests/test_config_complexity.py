@@ -1,8 +1,10 @@
-"""tools/analysis/config_complexity.py: baselines, exact parameter deltas, DCN MACs, outputs.
+"""tools/analysis/config_complexity.py and mmplug.analysis.complexity: baselines, exact parameter
+deltas, DCN MACs, outputs.
 
-Also ``--speed`` of it and of ``module_overhead.py`` (the shared ``_timing`` code): smoke-sized
-runs whose numbers are checked for structure only, never for speed.
+Also ``--speed`` of it and of ``module_overhead.py`` (the shared ``mmplug.analysis.timing``
+code): smoke-sized runs whose numbers are checked for structure only, never for speed.
 """
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -15,13 +17,24 @@ import pytest
 import torch
 from torch import nn
 
+from mmplug.analysis import complexity as cc
+from mmplug.analysis import options, overhead, report, timing
 from mmplug.plugins import SGE
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
-import _timing  # noqa: E402
-import config_complexity as cc  # noqa: E402
-import module_overhead as mo  # noqa: E402
+
+
+def _load_cli(name):
+    """The command line ``tools/analysis/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(
+        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+cc_cli = _load_cli('config_complexity')
+mo_cli = _load_cli('module_overhead')
 
 SGE_CONFIG = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py')
 FASTER = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
@@ -99,7 +112,7 @@ def test_invalid_shape_rejected(shape):
 
 def test_invalid_shape_on_the_command_line(capsys):
     with pytest.raises(SystemExit):
-        cc.parse_args([SGE_CONFIG, '--shape', '100', '128'])
+        cc_cli.parse_args([SGE_CONFIG, '--shape', '100', '128'])
     assert 'divisible by 32' in capsys.readouterr().err
 
 
@@ -201,7 +214,7 @@ def test_round_robin_rotates_and_drops_the_warmup():
         calls.append(key)
         return len(calls)
 
-    samples = _timing.round_robin('abc', measure, warmup=1, repeats=3)
+    samples = timing.round_robin('abc', measure, warmup=1, repeats=3)
     assert ''.join(calls) == 'abc' 'bca' 'cab' 'abc'  # every key once per round, rotating
     assert samples == {'a': [6, 8, 10], 'b': [4, 9, 11], 'c': [5, 7, 12]}  # warm-up dropped
 
@@ -214,35 +227,35 @@ def test_forward_speed_rows():
         torch.ones(64, 64).matmul(torch.ones(64, 64))
 
     cpu = torch.device('cpu')
-    rows = _timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, warmup=1, repeats=3)
+    rows = timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, warmup=1, repeats=3)
     assert not any(grad_enabled) and len(grad_enabled) == 2 * (1 + 3)  # no_grad, every round
     assert set(rows) == {'x', 'y'}
     for row in rows.values():
         assert set(row) == SPEED_KEYS and row['speed_vs_baseline'] is None  # no baseline
         assert len(row['fwd_samples_ms']) == 3 and row['peak_bytes'] is None
         assert row['img_s'] == pytest.approx(4 / row['fwd_ms'] * 1e3) and row['img_s'] > 0
-    rows = _timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, 0, 2, baseline='y')
+    rows = timing.forward_speed({'x': forward, 'y': forward}, 4, cpu, 0, 2, baseline='y')
     assert rows['y']['speed_vs_baseline'] == 1.0
     assert rows['x']['speed_vs_baseline'] == pytest.approx(
         _round_ratio(rows['y']['fwd_samples_ms'], rows['x']['fwd_samples_ms']))
 
 
 def test_speed_options_and_defaults(capsys):
-    args = cc.parse_args([SGE_CONFIG])
+    args = cc_cli.parse_args([SGE_CONFIG])
     assert not args.speed and (args.speed_batch, args.warmup, args.repeats) == (1, 1, 5)
-    args = mo.parse_args([])
+    args = mo_cli.parse_args([])
     assert not args.speed and (args.speed_batch, args.warmup, args.repeats) == (8, 2, 10)
     assert tuple(args.size) == (224, 224)
     for bad in (['--repeats', '0'], ['--speed-batch', '-1'], ['--warmup', '-1']):
         with pytest.raises(SystemExit):
-            cc.parse_args([SGE_CONFIG, '--speed', *bad])
+            cc_cli.parse_args([SGE_CONFIG, '--speed', *bad])
         assert 'must be' in capsys.readouterr().err
 
 
 def _speed_meta(batch=1, repeats=2, warmup=0):
-    args = cc.parse_args([SGE_CONFIG, '--speed', '--device', 'cpu', '--speed-batch', str(batch),
-                          '--repeats', str(repeats), '--warmup', str(warmup)])
-    return _timing.speed_meta(args, torch.get_num_threads())
+    args = cc_cli.parse_args([SGE_CONFIG, '--speed', '--device', 'cpu', '--speed-batch',
+                              str(batch), '--repeats', str(repeats), '--warmup', str(warmup)])
+    return options.speed_meta(args, torch.get_num_threads())
 
 
 @pytest.fixture(scope='module')
@@ -334,16 +347,16 @@ def test_speed_markdown_columns(speed_run):
 
 def test_module_overhead_speed(tmp_path, capsys):
     common = ['--size', *map(str, SPEED_SHAPE), '--only', 'SGE', '--no-progress']
-    plain = mo.main(common)
+    plain = mo_cli.main(common)
     plain_table = capsys.readouterr().out
     assert plain_table.splitlines()[1] == \
         '| module | placement | params (M) | d params | GMACs | d GMACs |'
     assert 'img/s' not in plain_table and set(plain) == {'size', 'rows'}
     json_path = tmp_path / 'overhead.json'
     threads = torch.get_num_threads()
-    results = mo.main(common + ['--speed', '--speed-batch', '2', '--repeats', '2', '--warmup',
-                                '0', '--threads', '1', '--device', 'cpu', '--json',
-                                str(json_path)])
+    results = mo_cli.main(common + ['--speed', '--speed-batch', '2', '--repeats', '2',
+                                    '--warmup', '0', '--threads', '1', '--device', 'cpu',
+                                    '--json', str(json_path)])
     table = capsys.readouterr().out
     assert torch.get_num_threads() == threads  # restored after the run
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(results))
@@ -389,15 +402,15 @@ def test_time_in_modules_is_the_hooked_share_of_the_forward(monkeypatch):
 
     inner, outer = Tick(3.0), Tick(1.0)
     model = torch.nn.Sequential(outer, inner)
-    share = mo.time_in_modules([inner], lambda: model(torch.zeros(1)), torch.device('cpu'),
-                               warmup=2, repeats=3)
+    share = overhead.time_in_modules([inner], lambda: model(torch.zeros(1)),
+                                     torch.device('cpu'), warmup=2, repeats=3)
     assert share == pytest.approx(0.75)
     assert not inner._forward_hooks and not inner._forward_pre_hooks  # removed afterwards
     # the plugin variants' inserted modules are found; conv replacements insert none
-    sge = mo.build_resnet50(**mo.VARIANTS['SGE'][0])
-    assert len(mo.plugin_modules(sge, mo.VARIANTS['SGE'][0])) == 16  # every bottleneck
-    ghost = mo.build_resnet50(**mo.VARIANTS['GhostConv2d'][0])
-    assert mo.plugin_modules(ghost, mo.VARIANTS['GhostConv2d'][0]) == []
+    sge = overhead.build_resnet50(**overhead.VARIANTS['SGE'][0])
+    assert len(overhead.plugin_modules(sge, overhead.VARIANTS['SGE'][0])) == 16  # every bottleneck
+    ghost = overhead.build_resnet50(**overhead.VARIANTS['GhostConv2d'][0])
+    assert overhead.plugin_modules(ghost, overhead.VARIANTS['GhostConv2d'][0]) == []
 
 
 def test_paired_speed_times_every_config_against_the_baseline_alone(monkeypatch):
@@ -430,13 +443,13 @@ def test_paired_speed_times_every_config_against_the_baseline_alone(monkeypatch)
 
 
 def test_speed_cell_shows_the_median_ratio_and_its_quartiles():
-    assert _timing.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0]
-    assert _timing.quartiles([0.9]) == [0.9, 0.9]
-    assert _timing.fmt_speed(dict(speed_vs_baseline=0.93, speed_vs_baseline_iqr=[0.9, 0.95])) \
+    assert timing.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == [2.0, 4.0]
+    assert timing.quartiles([0.9]) == [0.9, 0.9]
+    assert report.fmt_speed(dict(speed_vs_baseline=0.93, speed_vs_baseline_iqr=[0.9, 0.95])) \
         == '0.93x (0.90-0.95)'
-    assert _timing.fmt_speed(dict(speed_vs_baseline=1.0, speed_vs_baseline_iqr=[1.0, 1.0])) \
+    assert report.fmt_speed(dict(speed_vs_baseline=1.0, speed_vs_baseline_iqr=[1.0, 1.0])) \
         == '1.00x'  # the baseline itself
-    assert _timing.fmt_speed(dict(speed_vs_baseline=None, speed_vs_baseline_iqr=None)) == '-'
+    assert report.fmt_speed(dict(speed_vs_baseline=None, speed_vs_baseline_iqr=None)) == '-'
 
 
 def test_round_robin_shuffled_varies_order_and_predecessors_reproducibly():
@@ -444,8 +457,8 @@ def test_round_robin_shuffled_varies_order_and_predecessors_reproducibly():
 
     def schedule(seed=0):
         calls = []
-        samples = _timing.round_robin(keys, lambda k: calls.append(k) or len(calls), 2, 20,
-                                      shuffle=True, seed=seed)
+        samples = timing.round_robin(keys, lambda k: calls.append(k) or len(calls), 2, 20,
+                                     shuffle=True, seed=seed)
         return calls, samples
 
     calls, samples = schedule()
@@ -457,5 +470,5 @@ def test_round_robin_shuffled_varies_order_and_predecessors_reproducibly():
     assert schedule()[0] == calls and schedule(seed=1)[0] != calls  # seeded
     # two keys alternate, as without shuffle
     pair = []
-    _timing.round_robin(['x', 'y'], pair.append, 0, 4, shuffle=True)
+    timing.round_robin(['x', 'y'], pair.append, 0, 4, shuffle=True)
     assert pair == list('xyyxxyyx')

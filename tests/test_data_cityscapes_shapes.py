@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmplug.data.cityscapes_shapes import (CITIES, USED_TRAIN_IDS, generate_cityscapes_shapes)
+from mmplug.data.cityscapes_shapes import CITIES, USED_TRAIN_IDS, generate_cityscapes_shapes
 
 CITYSCAPES_PIPELINE = [
     dict(type='LoadImageFromFile'),

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
-from mmplug.utils.cpu_distributed import CPUDistributedDataParallel
-from mmplug.utils.sync_bn import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
+from mmplug.engine.cpu_distributed import CPUDistributedDataParallel
+from mmplug.engine.sync_bn import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -205,7 +205,7 @@ def test_invalid_input_raises():
 def test_setup_cpu_distributed_only_acts_for_torchrun_on_cpu(monkeypatch):
     from mmengine.config import Config
 
-    import mmplug.utils.cpu_distributed as cd
+    import mmplug.engine.cpu_distributed as cd
     base = dict(env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60)),
                 find_unused_parameters=True)
     cfg = Config(dict(base, launcher='none'))

@@ -27,6 +27,7 @@ import warnings
 
 import pytest
 import torch
+
 from _harness import needs_is_exporting, needs_onnx_dynamo
 from _module_zoo import ZOO, make, run
 

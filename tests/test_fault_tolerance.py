@@ -19,13 +19,19 @@ import time
 
 import pytest
 import torch
-from _harness import assert_same, needs_unsafe_globals_check
 
 import mmplug  # noqa: F401  allow-lists mmengine's checkpoint objects
-from mmplug.utils.atomic_checkpoint import (UnsafeCheckpointError, atomic_write,
-                                            check_checkpoint_is_safe, checkpoint_is_complete,
-                                            find_resumable_checkpoint, get_rng_state,
-                                            set_rng_state)
+from mmplug.engine.atomic_checkpoint import (
+    UnsafeCheckpointError,
+    atomic_write,
+    check_checkpoint_is_safe,
+    checkpoint_is_complete,
+    find_resumable_checkpoint,
+    get_rng_state,
+    set_rng_state,
+)
+
+from _harness import assert_same, needs_unsafe_globals_check
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs/sge/deeplabv3_r50-d8-sge_demo_cityscapes-shapes.py')

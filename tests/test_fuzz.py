@@ -50,8 +50,7 @@ from hypothesis import strategies as st
 from mmcv.cnn import ConvModule  # noqa: F401  (registers mmcv's layers)
 from torch import nn
 
-from _harness import randomize_
-from mmplug.conv.blur_pool import BlurConv2d, BlurPool2d
+from mmplug import BlurConv2d, BlurPool2d
 from mmplug.conv.coord_conv import CoordConv2d
 from mmplug.conv.dcn import DCNv2UnitMask
 from mmplug.conv.ghost_conv import GhostConv2d
@@ -63,6 +62,8 @@ from mmplug.plugins.selective_kernel import SK
 from mmplug.plugins.sge import SGE
 from mmplug.plugins.stn import STN
 from mmplug.plugins.strip_pooling import StripPooling
+
+from _harness import randomize_
 
 MAX_EXAMPLES = int(os.environ.get('MMPLUG_FUZZ_EXAMPLES', 120))
 
@@ -283,7 +284,7 @@ def test_fuzz_cbam(data):
     run_property(CBAM, data, dict(
         in_channels=arg(CH, BAD_POS_INT), **RD_ARGS,
         kernel_size=arg(ODD_KERNEL, BAD_ODD_KERNEL), act_cfg=arg(ACT_CFGS, BAD_CFG),
-        norm_cfg=arg(NORM_CFGS, BAD_CFG)), same_shape)
+        norm_cfg=arg(NORM_CFGS, BAD_CFG), no_spatial=arg(st.booleans(), BAD_BOOL)), same_shape)
 
 
 @FUZZ
@@ -423,7 +424,8 @@ def test_fuzz_covers_every_argument(cls):
     and ``dtype`` (so an argument added to a module must be added here)."""
     fuzzed = {
         SE: 'in_channels rd_ratio rd_channels rd_divisor act_cfg gate_cfg',
-        CBAM: 'in_channels rd_ratio rd_channels rd_divisor kernel_size act_cfg norm_cfg',
+        CBAM: 'in_channels rd_ratio rd_channels rd_divisor kernel_size act_cfg norm_cfg '
+              'no_spatial',
         SGE: 'in_channels groups eps',
         SK: 'in_channels dilations groups rd_ratio rd_channels rd_divisor min_channels '
             'conv_cfg norm_cfg act_cfg',

@@ -49,7 +49,8 @@ def test_wheel_installs_without_deps_and_ships_its_configs(tmp_path):
         'from mmdet.utils import register_all_modules\n'
         'register_all_modules()\n'
         'model = MODELS.build(cfg.model)\n'
-        "print(type(model).__name__, type(model.neck[1]).__name__, type(model.backbone.layer2[0].conv2).__name__)\n"
+        'print(type(model).__name__, type(model.neck[1]).__name__,\n'
+        '      type(model.backbone.layer2[0].conv2).__name__)\n'
         "print(osp.isfile(config_path('mmplug::_base_/demo/faster-rcnn_coco-shapes.py')))\n")
     out = _run([python, '-c', code], cwd=str(tmp_path),
                env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})

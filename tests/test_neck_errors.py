@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mmplug.necks.aspp import ASPP, ASPPBlock
 from mmplug.necks.asff import ASFF
+from mmplug.necks.aspp import ASPP, ASPPBlock
 from mmplug.necks.mixed_pooling import MPM, MPMBlock
 from mmplug.necks.rfb import RFB, RFBBlock
 

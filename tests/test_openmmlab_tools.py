@@ -3,8 +3,9 @@ import os.path as osp
 from functools import partial
 
 import torch
-from _harness import build_model_in_scope
 from mmengine.config import Config
+
+from _harness import build_model_in_scope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MAIN = osp.join(ROOT, 'configs/faster_rcnn_r50_dcn_asff.py')

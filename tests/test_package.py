@@ -12,13 +12,13 @@ from mmplug import MODELS
 MMPLUG_TYPES = [
     'CBAM', 'CoordConvPlugin', 'NonLocal', 'SE', 'SGE', 'SK', 'STN', 'StripPooling',
     'BlurConv2d', 'BlurPool2d', 'CoordConv2d', 'DCNv2UnitMask', 'GhostConv2d',
-    'ASFF', 'ASPP', 'ASPPBlock', 'MPM', 'MPMBlock', 'RFB', 'RFBBlock',
+    'ASFF', 'ASPP', 'ASPPBlock', 'MPM', 'MPMBlock', 'PerLevelNeck', 'RFB', 'RFBBlock',
     'PluggedBackbone',
 ]
 
-#: Types mmplug registers under other names or in other registries of mmengine's root.
+#: What ``import mmplug.engine`` (the tools' runtime) registers in mmengine's root.
 MMPLUG_OTHER_TYPES = {
-    'MODELS': ['CPUSyncBN'],  # mmplug.utils.CPUSyncBatchNorm, a norm layer for CPU/gloo runs
+    'MODELS': ['CPUSyncBN'],  # mmplug.engine.CPUSyncBatchNorm, a norm layer for CPU/gloo runs
     'HOOKS': ['AtomicCheckpointHook'],
     'MODEL_WRAPPERS': ['CPUDistributedDataParallel'],
 }
@@ -70,7 +70,7 @@ def test_other_registered_types_do_not_clash():
         'import mmengine.registry as root, mmdet.registry as d, mmseg.registry as s\n'
         f'types = {MMPLUG_OTHER_TYPES!r}\n'
         'before = {k: set(getattr(root, k).module_dict) for k in types}\n'
-        'import mmplug\n'
+        'import mmplug.engine\n'
         'for k, names in types.items():\n'
         '    assert not before[k] & set(names), (k, before[k] & set(names))\n'
         '    for reg in (getattr(d, k), getattr(s, k)):\n'
@@ -81,13 +81,35 @@ def test_other_registered_types_do_not_clash():
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
 
 
+def test_import_registers_modules_only():
+    """``import mmplug`` registers its modules and allow-lists mmengine's checkpoint
+    objects; no hook, model wrapper, norm layer or file backend (``mmplug.engine`` does)."""
+    proc = _run(
+        'import mmcv.cnn, mmcv.ops, mmengine.model, mmengine.runner  # their own registrations\n'
+        'import mmengine.registry as root\n'
+        'from mmengine.fileio.backends.registry_utils import backends\n'
+        'regs = [n for n in dir(root) if isinstance(getattr(root, n), root.Registry)]\n'
+        'before = {n: set(getattr(root, n).module_dict) for n in regs}\n'
+        'files = set(backends)\n'
+        'import mmplug\n'
+        'new = {n: sorted(set(getattr(root, n).module_dict) - before[n]) for n in regs}\n'
+        'print({n: v for n, v in new.items() if v}, sorted(set(backends) - files))\n'
+        'import mmplug.engine\n'
+        'print(sorted(set(backends) - files), "AtomicCheckpointHook" in root.HOOKS.module_dict)\n')
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first == f"{{'MODELS': {sorted(MMPLUG_TYPES)!r}}} []", first
+    assert second == "['atomic_local'] True", second
+
+
 @pytest.mark.parametrize('missing', ['mmdet', 'mmseg'])
 def test_imports_without_mmdet_or_mmseg(missing):
     # sys.modules[name] = None makes `import name` fail as if it were not installed.
     proc = _run(f'import sys; sys.modules[{missing!r}] = None\n'
                 'import mmplug, mmplug.data\n'
                 'from mmplug import SGE\n'
-                f'assert {missing!r} not in [m.split(".")[0] for m in sys.modules if sys.modules[m]]\n'
+                'loaded = [m.split(".")[0] for m in sys.modules if sys.modules[m]]\n'
+                f'assert {missing!r} not in loaded\n'
                 'print("ok")\n')
     assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
 

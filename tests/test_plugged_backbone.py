@@ -5,7 +5,6 @@ import re
 
 import pytest
 import torch
-from _harness import HOST_INIT_CFG, randomize_
 from mmengine.model import BaseModule
 from mmengine.registry import DefaultScope
 from torch import nn
@@ -13,6 +12,8 @@ from torch import nn
 from mmplug.backbones.plugged_backbone import PluggedBackbone
 from mmplug.plugins import SGE
 from mmplug.registry import MODELS
+
+from _harness import HOST_INIT_CFG, randomize_
 
 TEST_BN_PLUGIN = '_PluggedBackboneTestBNPlugin'
 TEST_SHRINK_PLUGIN = '_PluggedBackboneTestShrinkPlugin'

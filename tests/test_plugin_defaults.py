@@ -1,10 +1,11 @@
 """The short plugin form ``plugins=[dict(cfg=dict(type=...))]`` through our tools."""
 import pytest
-from _harness import build_model_in_scope
 from mmengine.config import Config
 
 import mmplug
-from mmplug.utils import fill_plugin_positions
+from mmplug.engine import fill_plugin_positions
+
+from _harness import build_model_in_scope
 
 
 def _cfg(plugins):

@@ -6,7 +6,7 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from mmplug.utils import check_pretrained, pretrained, resolve_torchvision_urls
+from mmplug.engine import check_pretrained, pretrained, resolve_torchvision_urls
 
 REAL = 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py'
 DEMO = 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py'
@@ -80,7 +80,8 @@ def test_missing_local_checkpoint_is_named(tmp_path):
     missing = str(tmp_path / 'r50.pth')
     cfg = Config(dict(model=dict(backbone=dict(type='ResNet', init_cfg=dict(
         type='Pretrained', checkpoint=missing)), neck=[dict(type='FPN', pretrained=missing)])))
-    with pytest.raises(RuntimeError, match=r"model\.backbone\.init_cfg\.checkpoint = .*no such file"):
+    with pytest.raises(RuntimeError,
+                       match=r"model\.backbone\.init_cfg\.checkpoint = .*no such file"):
         check_pretrained(cfg)
     (tmp_path / 'r50.pth').write_bytes(b'')
     check_pretrained(cfg)  # both references exist now

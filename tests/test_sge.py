@@ -1,12 +1,13 @@
-"""SGE: contract, numerics, OpenMMLab integration and parity with fightingcv-attention."""
+"""SGE: the paper's equations, numerics and parity with fightingcv-attention (the contract
+every module meets: test_contract.py)."""
 import math
 
 import pytest
 import torch
-from _harness import HOST_INIT_CFG, assert_grads_reach_every_parameter, build_plugin_in_scope
-from _harness import mmdet_resnet as _mmdet_resnet
 
 from mmplug.plugins import SGE
+
+from _harness import assert_grads_reach_every_parameter, randomize_
 
 
 def _reference_sge(x, groups, weight, bias, eps=1e-5):
@@ -22,26 +23,7 @@ def _reference_sge(x, groups, weight, bias, eps=1e-5):
 
 
 def _randomize(sge, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sge.weight.copy_(torch.randn(sge.groups, generator=gen))
-        sge.bias.copy_(torch.randn(sge.groups, generator=gen))
-    return sge
-
-
-@pytest.mark.parametrize('kwargs, words', [
-    (dict(in_channels=100, groups=64), ['100', '64', 'divisible']),
-    (dict(in_channels=64, groups=0), ['groups', '0']),
-    (dict(in_channels=0), ['in_channels', '0']),
-    (dict(in_channels=64.0, groups=8), ['in_channels', '64.0']),
-    (dict(in_channels=True, groups=1), ['in_channels', 'True']),
-    (dict(in_channels=64, groups=8, eps=0), ['eps', '0']),
-])
-def test_invalid_arguments(kwargs, words):
-    with pytest.raises(ValueError) as err:
-        SGE(**kwargs)
-    for word in words:
-        assert word in str(err.value)
+    return randomize_(sge, seed=seed)
 
 
 def test_wrong_input_channels_named():
@@ -110,78 +92,25 @@ def test_constant_input_is_finite():
     sge = _randomize(SGE(64, groups=8))
     x = torch.full((2, 64, 5, 5), 3.0)
     out = sge(x)
-    torch.testing.assert_close(out, x * torch.sigmoid(sge.bias).repeat_interleave(8).view(1, 64, 1, 1))
+    gate = torch.sigmoid(sge.bias).repeat_interleave(8).view(1, 64, 1, 1)
+    torch.testing.assert_close(out, x * gate)
 
 
 def test_parity_with_fightingcv_attention():
+    from mmplug.analysis.peers import parity_sge_fightingcv
     fcv = pytest.importorskip('fightingcv_attention.attention.SGE')
     groups = 16
     ours = _randomize(SGE(128, groups=groups), seed=3)
     peer = fcv.SpatialGroupEnhance(groups=groups)
     with torch.no_grad():
-        peer.weight.copy_(ours.weight.view(1, groups, 1, 1))
-        peer.bias.copy_(ours.bias.view(1, groups, 1, 1))
+        _, transform = parity_sge_fightingcv(ours, peer)  # the same parameters
+    assert transform is None
     x = torch.randn(4, 128, 14, 14)
     diff = (ours(x) - peer(x)).abs().max().item()
     assert diff < 1e-5, diff
     # The documented difference: fightingcv starts beta at 0 (gate 0.5), the authors at 1.
     assert torch.equal(fcv.SpatialGroupEnhance(groups=groups).bias, torch.zeros(1, groups, 1, 1))
     torch.testing.assert_close(SGE(128, groups=groups)(x), x * (1 / (1 + math.exp(-1))))
-
-
-@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
-def test_registry_build_from_downstream_scope(scope):
-    name, layer = build_plugin_in_scope(dict(type='SGE', groups=32), scope, in_channels=256)
-    assert isinstance(layer, SGE) and name == 'sge_1' and layer.in_channels == 256
-
-
-def test_inside_mmdet_resnet_with_config_plugins():
-    plugins = [dict(cfg=dict(type='SGE'), stages=(False, True, True, True), position='after_conv3')]
-    model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3))
-    model.eval()  # mmdet's ResNet.train() returns None, so no chaining
-    sges = {n: m for n, m in model.named_modules() if isinstance(m, SGE)}
-    assert len(sges) == 4 + 6 + 3
-    assert 'layer1.0.sge' not in sges and 'layer2.0.sge' in sges  # stage 1 has none
-    assert {m.in_channels for m in sges.values()} == {512, 1024, 2048}
-    calls = []
-    for m in sges.values():
-        m.register_forward_hook(lambda *a: calls.append(1))
-    outs = model(torch.randn(1, 3, 64, 64))
-    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
-    assert len(calls) == 13
-
-
-def test_init_weights_survive_backbone_init():
-    plugins = [dict(cfg=dict(type='SGE', groups=32), stages=(True, True, True, True),
-                    position='after_conv3')]
-    model = _mmdet_resnet(plugins, init_cfg=HOST_INIT_CFG)
-    sges = [m for m in model.modules() if isinstance(m, SGE)]
-    for m in sges:
-        _randomize(m)
-    model.init_weights()
-    for m in sges:
-        assert torch.equal(m.weight, torch.zeros_like(m.weight))
-        assert torch.equal(m.bias, torch.ones_like(m.bias))
-    assert torch.all(model.bn1.weight == 0.5)  # the host's init did run
-
-
-def test_two_plugins_at_one_position_both_applied():
-    plugins = [
-        # mmdet reads `postfix` from inside `cfg`; it names the submodule.
-        dict(cfg=dict(type='SGE', groups=8, postfix='_a'), stages=(False, False, False, True),
-             position='after_conv3'),
-        dict(cfg=dict(type='SGE', groups=16, postfix='_b'), stages=(False, False, False, True),
-             position='after_conv3'),
-    ]
-    model = _mmdet_resnet(plugins)
-    model.eval()
-    block = model.layer4[0]
-    assert block.after_conv3_plugin_names == ['sge_a', 'sge_b']
-    calls = []
-    block.sge_a.register_forward_hook(lambda *a: calls.append('a'))
-    block.sge_b.register_forward_hook(lambda *a: calls.append('b'))
-    model(torch.randn(1, 3, 32, 32))
-    assert calls == ['a', 'b']  # both applied, in order
 
 
 def test_constant_group_map_has_finite_gradients():

@@ -180,7 +180,8 @@ SEG_DEMO = osp.join(ROOT, 'configs/sge/deeplabv3_r50-d8-sge_demo_cityscapes-shap
 def _tiny_seg(data_root, iters):
     return ['--cfg-options', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
             f'default_hooks.checkpoint.interval={iters}', 'default_hooks.logger.interval=1',
-            'param_scheduler.0.end=1', 'param_scheduler.1.begin=1', f'param_scheduler.1.end={iters}',
+            'param_scheduler.0.end=1', 'param_scheduler.1.begin=1',
+            f'param_scheduler.1.end={iters}',
             'model.data_preprocessor.size=(64,128)',
             f'train_dataloader.dataset.data_root={data_root}', 'train_dataloader.dataset.indices=4',
             'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',

@@ -1,19 +1,27 @@
-# Demo twin of deeplabv3_r50-d8-aspp-neck_4xb2-40k_cityscapes-512x1024.py on the embedded street-shapes set (data/cityscapes_shapes, Cityscapes
-# layout, generated on first use): the same model, trained from scratch on CPU. The changes
-# (no pretrained backbone, whole 128x256 images, short AdamW schedule) are explained in
-# ../_base_/demo/segmentation_cityscapes-shapes.py.
-_base_ = ['./deeplabv3_r50-d8-aspp-neck_4xb2-40k_cityscapes-512x1024.py', '../_base_/demo/segmentation_cityscapes-shapes.py']
+# Demo twin of deeplabv3_r50-d8-aspp-neck_4xb2-40k_cityscapes-512x1024.py on the embedded
+# street-shapes set (data/cityscapes_shapes, Cityscapes layout, generated on first use): the
+# same model, trained from scratch on CPU. The demo changes (no pretrained backbone, whole
+# 128x256 images, short AdamW schedule) and their reasons are in
+# ../_base_/demo/deeplabv3_cityscapes-shapes.py; below is the real config's model delta,
+# unchanged.
+_base_ = '../_base_/demo/deeplabv3_cityscapes-shapes.py'
 
-data_root = _base_.demo.data_root
-crop_size = _base_.demo.crop_size
-train_pipeline = _base_.demo.train_pipeline
-test_pipeline = _base_.demo.test_pipeline
-model = _base_.demo.model
-train_dataloader = _base_.demo.train_dataloader
-val_dataloader = _base_.demo.val_dataloader
-test_dataloader = _base_.demo.test_dataloader
-train_cfg = _base_.demo.train_cfg
-param_scheduler = _base_.demo.param_scheduler
-optim_wrapper = _base_.demo.optim_wrapper
-default_hooks = _base_.demo.default_hooks
-randomness = _base_.demo.randomness
+custom_imports = dict(imports=['mmplug'], allow_failed_imports=False)
+
+model = dict(
+    neck=dict(type='ASPP', in_channels=[256, 512, 1024, 2048], levels=[3], out_channels=512,
+              channels=512, dilations=(1, 12, 24, 36), proj_kernel_size=3,
+              norm_cfg=dict(type='SyncBN', requires_grad=True)),
+    decode_head=dict(
+        _delete_=True,
+        type='FCNHead',
+        in_channels=512,
+        in_index=3,
+        channels=512,
+        num_convs=0,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=19,
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))

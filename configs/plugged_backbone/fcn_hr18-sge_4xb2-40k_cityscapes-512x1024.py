@@ -2,31 +2,19 @@
 # (arXiv 1905.09646, 6 groups: HRNet-W18's branches have 18/36/72/144 channels) after every
 # branch of every HRModule of stages 2-4, at every resolution. HRNet takes no plugins in
 # mmseg, so PluggedBackbone runs them after the named submodules 'stage[234].*.branches.*'.
-# The inner HRNet is mmseg's fcn_hr18 backbone; its ImageNet weights
-# (open-mmlab://msra/hrnetv2_w18) move from model.pretrained (which mmseg would pass to the
-# wrapper) into the inner backbone's init_cfg. Everything else is mmseg's baseline.
+# The inner HRNet is the base config's backbone (`_base_.model.backbone`, mmseg's fcn_hr18);
+# its ImageNet weights (open-mmlab://msra/hrnetv2_w18) move from model.pretrained (which
+# mmseg would pass to the wrapper) into the inner backbone's init_cfg. Everything else is
+# mmseg's baseline.
 _base_ = 'mmseg::hrnet/fcn_hr18_4xb2-40k_cityscapes-512x1024.py'
 
 custom_imports = dict(imports=['mmplug'], allow_failed_imports=False)
 
-norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     pretrained=None,
     backbone=dict(
         _delete_=True,
         type='PluggedBackbone',
-        backbone=dict(
-            type='HRNet',
-            norm_cfg=norm_cfg,
-            norm_eval=False,
-            extra=dict(
-                stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
-                            num_blocks=(4, ), num_channels=(64, )),
-                stage2=dict(num_modules=1, num_branches=2, block='BASIC', num_blocks=(4, 4),
-                            num_channels=(18, 36)),
-                stage3=dict(num_modules=4, num_branches=3, block='BASIC',
-                            num_blocks=(4, 4, 4), num_channels=(18, 36, 72)),
-                stage4=dict(num_modules=3, num_branches=4, block='BASIC',
-                            num_blocks=(4, 4, 4, 4), num_channels=(18, 36, 72, 144))),
-            init_cfg=dict(type='Pretrained', checkpoint='open-mmlab://msra/hrnetv2_w18')),
+        backbone=dict(_base_.model.backbone,
+                      init_cfg=dict(type='Pretrained', checkpoint=_base_.model.pretrained)),
         plugins=[dict(cfg=dict(type='SGE', groups=6), after='stage[234].*.branches.*')]))

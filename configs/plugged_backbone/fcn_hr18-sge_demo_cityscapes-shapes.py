@@ -1,22 +1,18 @@
 # Demo twin of fcn_hr18-sge_4xb2-40k_cityscapes-512x1024.py on the embedded street-shapes
 # set (data/cityscapes_shapes, Cityscapes layout, generated on first use): the same model,
-# trained from scratch on CPU. The changes (no pretrained backbone, whole 128x256 images,
-# short AdamW schedule) are explained in ../_base_/demo/segmentation_cityscapes-shapes.py;
-# the no-download one goes to the inner HRNet here.
-_base_ = ['./fcn_hr18-sge_4xb2-40k_cityscapes-512x1024.py',
-          '../_base_/demo/segmentation_cityscapes-shapes.py']
+# trained from scratch on CPU. The demo changes (no pretrained backbone, whole 128x256
+# images, short AdamW schedule) and their reasons are in
+# ../_base_/demo/fcn-hr18_cityscapes-shapes.py; below is the real config's model delta but
+# for the inner HRNet's init_cfg (None: no download; the real config moves the ImageNet
+# weights there).
+_base_ = '../_base_/demo/fcn-hr18_cityscapes-shapes.py'
 
-data_root = _base_.demo.data_root
-crop_size = _base_.demo.crop_size
-train_pipeline = _base_.demo.train_pipeline
-test_pipeline = _base_.demo.test_pipeline
-model = dict(backbone=dict(backbone=dict(init_cfg=None)),
-             data_preprocessor=_base_.demo.model.data_preprocessor)
-train_dataloader = _base_.demo.train_dataloader
-val_dataloader = _base_.demo.val_dataloader
-test_dataloader = _base_.demo.test_dataloader
-train_cfg = _base_.demo.train_cfg
-param_scheduler = _base_.demo.param_scheduler
-optim_wrapper = _base_.demo.optim_wrapper
-default_hooks = _base_.demo.default_hooks
-randomness = _base_.demo.randomness
+custom_imports = dict(imports=['mmplug'], allow_failed_imports=False)
+
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='PluggedBackbone',
+        backbone=dict(_base_.model.backbone, init_cfg=None),
+        plugins=[dict(cfg=dict(type='SGE', groups=6), after='stage[234].*.branches.*')]))

@@ -1,8 +1,5 @@
-"""Backbone wrappers.
-
-Contract: wrap any registered backbone config and insert plugins where mmdet's
-and mmseg's backbones take none (BasicBlock ResNets, Darknet, CSPDarknet, HRNet),
-without changing the wrapped backbone's checkpoint keys.
+"""Backbone wrappers: plugins where mmdet's and mmseg's backbones take none, with the
+wrapped backbone's checkpoint keys unchanged.
 """
 from .plugged_backbone import PluggedBackbone
 

@@ -1,35 +1,15 @@
 """Plugins on any registered backbone, after any named submodule.
 
-mmdet's and mmseg's ``ResNet`` take plugins only inside ``Bottleneck`` blocks,
-chosen per stage and per position (``BasicBlock``, i.e. ResNet-18/34, asserts),
-and ``Darknet``, ``CSPDarknet`` and ``HRNet`` take none. ``PluggedBackbone``
-builds any registered backbone unchanged and runs plugins on the outputs of
-submodules chosen by name.
-
-How it works:
-
-* The inner backbone is the child ``backbone``; it is not modified, so its own
-  state-dict keys are exactly those of the plain backbone. The plugins live
-  apart, in ``plugins.<site>.<abbr><postfix>`` where ``<site>`` is the selected
-  submodule's name with ``.`` replaced by ``_`` (``plugins.layer2_0.sge``).
-* A forward hook on each selected submodule passes its output through the
-  plugins of that site, in the order they are listed. The hook is a small
-  picklable object, so ``copy.deepcopy`` (EMA models) and ``torch.save`` give
-  copies whose hooks run the copy's plugins. ``forward`` re-attaches the hook
-  if the selected submodule was replaced since (e.g. a norm layer converted to
-  SyncBN), and returns exactly what the inner backbone returns.
-* Each plugin's ``in_channels`` comes from one dry forward at construction: a
-  ``(1, *probe_shape)`` seeded random input (its own generator: the global RNG
-  is untouched) in eval mode under ``no_grad``, with forward hooks recording the
-  output of every selected submodule; every module's train/eval flag is
-  restored afterwards. The same recorded outputs check that each site's plugins
-  keep the shape.
-* Plugins are outside the inner backbone, so its ``frozen_stages`` and
-  ``norm_eval`` do not reach them: plugins after a frozen stage train from
-  their random init and their norm layers stay in train mode, unless
-  ``freeze_plugins`` / ``plugin_norm_eval`` ask otherwise.
-
-Not a paper's module; nothing deviates.
+mmdet's and mmseg's ``ResNet`` take plugins only inside ``Bottleneck`` blocks;
+``BasicBlock``, ``Darknet``, ``CSPDarknet`` and ``HRNet`` take none.
+``PluggedBackbone`` builds any registered backbone unchanged (child ``backbone``,
+plain keys) and runs plugins (``plugins.<site>.<abbr><postfix>``, ``<site>``
+the submodule's name with dots as underscores) on the outputs of submodules
+chosen by name, through a picklable forward hook (``deepcopy`` and
+``torch.save`` work; ``forward`` re-hooks a replaced submodule). One seeded dry
+forward at construction (eval mode, ``no_grad``, modes and global RNG
+untouched) gives each plugin's ``in_channels`` and checks that they keep the
+shape.
 """
 import copy
 import difflib
@@ -43,8 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmplug.layers import is_tracing
-from mmplug.registry import MODELS
-from mmplug.utils.config_check import close_type_names
+from mmplug.registry import MODELS, close_type_names
 
 __all__ = ['PluggedBackbone']
 
@@ -118,18 +97,15 @@ def _build_backbone(cfg):
         if not found:
             raise ValueError(
                 f'PluggedBackbone: backbone type {layer_type!r} is not registered in scope '
-                f"{scope!r} (close names: {close}); build with the default scope that has it (default_scope='mmdet' "
+                f"{scope!r} (close names: {close}); build with the default scope that has it "
+                f"(default_scope='mmdet' "
                 f"in the config, or DefaultScope.overwrite_default_scope('mmdet')) or name "
                 f"the scope in the type, e.g. 'mmdet.{layer_type}'")
     return MODELS.build(cfg)
 
 
 class _RunPlugins:
-    """Forward hook: the selected submodule's output through its site's plugins.
-
-    An object rather than a closure: ``copy.deepcopy`` of the wrapper copies
-    ``plugins`` through the same memo, so a copy's hooks run the copy's plugins.
-    """
+    """Forward hook running a site's plugins; an object, so ``deepcopy`` copies ``plugins``."""
 
     def __init__(self, plugins, key):
         self.plugins = plugins
@@ -145,65 +121,42 @@ class PluggedBackbone(BaseModule):
 
     Args:
         backbone (dict | nn.Module): Config of the inner backbone, built with
-            ``MODELS.build`` in the current default scope (``'ResNet'`` is
-            mmdet's from an mmdet config, mmseg's from an mmseg one; a scoped
-            type such as ``'mmdet.Darknet'`` works anywhere), or a built module.
+            ``MODELS.build`` in the current default scope (a scoped type such as
+            ``'mmdet.Darknet'`` works anywhere), or a built module.
         plugins (list[dict]): Each ``dict(cfg=..., after=...)``. ``cfg`` is a
-            plugin config as for mmdet's ``ResNet`` (``type`` plus the plugin's
-            arguments, an optional ``postfix`` naming it); ``in_channels`` is
-            inferred, do not give it. ``after`` is a submodule name or a list of
-            them, as in ``backbone.named_modules()``, with fnmatch patterns
-            matched per dotted component: ``*`` stays within one component, so
-            ``'layer2.*'`` is every block of ``layer2`` (not their convs), and
-            ``'layer[234].*'`` every block of stages 2-4. Every pattern must
-            match at least one submodule; each selected submodule must be called
-            once per forward and return one ``[N, C, H, W]`` tensor. Plugins at
-            one submodule run in the order listed; two of the same type there
-            need distinct ``postfix``.
-        freeze_plugins (bool | str): ``False``: plugins train, whatever the
-            inner backbone freezes. ``'follow'``: at construction and on
-            ``train()``, a plugin after
-            a submodule whose parameters are all frozen (``requires_grad``
-            False, as ``frozen_stages`` leaves them) is frozen too, as mmdet's
-            in-block plugins are; hosts without parameters never freeze.
-            ``True``: all plugins frozen (``requires_grad=False``, eval mode).
-            Defaults to False.
+            plugin config as for mmdet's ``ResNet`` (optional ``postfix``;
+            ``in_channels`` is inferred). ``after`` is a submodule name or a list
+            of them, fnmatch patterns per dotted component (``'layer2.*'`` is every
+            block of ``layer2``, ``'layer[234].*'`` of stages 2-4). Every pattern
+            must match; each selected submodule must run once per forward and
+            return one ``[N, C, H, W]`` tensor. Plugins at one submodule run in
+            the order listed.
+        freeze_plugins (bool | str): ``False``: plugins train. ``'follow'``: on
+            construction and ``train()``, a plugin after a submodule whose
+            parameters are all frozen is frozen too, as mmdet's in-block plugins
+            are. ``True``: all plugins frozen. Defaults to False.
         plugin_norm_eval (bool): Put the plugins' BatchNorms in eval mode on
-            ``train()``; the inner backbone's ``norm_eval`` does not reach them.
-            Defaults to False.
-        probe_shape (tuple[int]): ``(C, H, W)`` of the dry-forward input that
-            measures the channels at each selected submodule; any size the
-            backbone accepts. Defaults to (3, 64, 64).
-        init_cfg (dict | list[dict], optional): Init config of the whole wrapper.
-            The inner backbone's own ``init_cfg`` (e.g. ``Pretrained``) goes in
-            its config; plugins' ``init_weights()`` run after both. Defaults to
-            None.
+            ``train()`` (mmplug's plugins, whose BNs otherwise follow the plugin's
+            own mode, get ``norm_eval = True``). Defaults to False.
+        probe_shape (tuple[int]): ``(C, H, W)`` of the dry-forward input.
+            Defaults to (3, 64, 64).
+        init_cfg (dict | list[dict], optional): Init config of the wrapper; the
+            inner backbone's (e.g. ``Pretrained``) goes in its config. Defaults
+            to None.
 
     Note:
-        State dict: ``backbone.<plain key>`` plus ``plugins.<site>.*``, with
-        ``<site>`` the selected name, dots as underscores. The plain backbone's
-        weights therefore load as usual through the inner backbone's
-        ``init_cfg=dict(type='Pretrained', checkpoint=...)`` (add
-        ``prefix='backbone.'`` to take them from a detector checkpoint). A plain
-        detector checkpoint loads into the plugged detector with
-        ``mmengine.runner.load_checkpoint(model, path, strict=False,
-        revise_keys=[(r'^backbone\\.', 'backbone.backbone.')])``; only the
-        plugin keys are then missing. Plugins run whenever the inner backbone
-        runs (hooks sit on its submodules). Names of the OpenMMLab backbones
-        (mmdet 3.3 / mmseg 1.2):
+        State dict: ``backbone.<plain key>`` plus ``plugins.<site>.*``. A plain
+        detector checkpoint loads with ``load_checkpoint(model, path,
+        strict=False, revise_keys=[(r'^backbone\\.', 'backbone.backbone.')])``.
+        Names in mmdet 3.3 / mmseg 1.2 backbones:
 
-        * ResNet / ResNetV1c: ``layer{1-4}.{i}`` are the blocks (BasicBlock or
-          Bottleneck); the stem is ``conv1``/``bn1`` or, for V1c/V1d,
-          ``stem.*``. A block's ``relu`` is called twice and is refused.
-        * Darknet-53: ``conv_res_block{1-5}`` with children ``conv`` (the
-          stride-2 conv) and ``res{i}`` (residual blocks; 1, 2, 8, 8, 4 of them).
-        * CSPDarknet (YOLOv5/YOLOX): ``stage{1-4}.0`` the stride-2 conv,
-          ``stage{1-3}.1`` and ``stage4.2`` the CSPLayers (``stage4.1`` is the
-          SPP), ``stage*.*.blocks.*`` their bottlenecks.
-        * HRNet: ``layer1.*`` the stage-1 bottlenecks; ``stage{2-4}.{m}`` is an
-          HRModule, which returns a list and is refused; its branches
-          ``stage{2-4}.{m}.branches.{b}`` (one resolution each) and their blocks
-          ``stage{2-4}.{m}.branches.{b}.{i}`` return tensors.
+        * ResNet / ResNetV1c: blocks ``layer{1-4}.{i}``; a block's ``relu``
+          runs twice and is refused.
+        * Darknet-53: ``conv_res_block{1-5}`` with ``conv`` and ``res{i}``.
+        * CSPDarknet: ``stage{1-4}.0`` the stride-2 conv, ``stage{1-3}.1`` and
+          ``stage4.2`` the CSPLayers, ``stage*.*.blocks.*`` their bottlenecks.
+        * HRNet: ``layer1.*``; an HRModule returns a list and is refused, its
+          branches ``stage{2-4}.{m}.branches.{b}`` return tensors.
 
     Example:
         >>> import torch
@@ -222,31 +175,18 @@ class PluggedBackbone(BaseModule):
 
         In configs (``custom_imports=dict(imports=['mmplug'])``)::
 
-            # RetinaNet / Faster R-CNN with ResNet-18: SGE after every block of stages 2-4
+            # ResNet-18: SGE after every block of stages 2-4
             backbone=dict(
                 type='PluggedBackbone',
                 backbone=dict(type='ResNet', depth=18, frozen_stages=1, norm_eval=True,
                               init_cfg=dict(type='Pretrained',
                                             checkpoint='torchvision://resnet18')),
                 plugins=[dict(cfg=dict(type='SGE', groups=8), after='layer[234].*')])
-            # YOLOv3: Darknet-53, after the residual blocks of the last three stages
-            backbone=dict(
-                type='PluggedBackbone',
-                backbone=dict(type='Darknet', depth=53, out_indices=(3, 4, 5)),
-                plugins=[dict(cfg=dict(type='SGE', groups=32),
-                              after='conv_res_block[345].res*')])
-            # YOLOX: CSPDarknet, after each CSPLayer
-            backbone=dict(
-                type='PluggedBackbone',
-                backbone=dict(type='CSPDarknet', deepen_factor=0.33, widen_factor=0.5),
-                plugins=[dict(cfg=dict(type='SGE', groups=8),
-                              after=['stage[123].1', 'stage4.2'])])
-            # HRNet: after every branch of every HRModule, at every resolution
-            backbone=dict(
-                type='PluggedBackbone',
-                backbone=dict(type='HRNet', extra=...),
-                plugins=[dict(cfg=dict(type='SGE', groups=16),
-                              after='stage[234].*.branches.*')])
+            # YOLOv3 (Darknet-53): after the residual blocks of the last three stages;
+            # YOLOX (CSPDarknet): after each CSPLayer; HRNet: after every branch
+            after='conv_res_block[345].res*'
+            after=['stage[123].1', 'stage4.2']
+            after='stage[234].*.branches.*'
     """
 
     def __init__(self, backbone, plugins, *, freeze_plugins=False, plugin_norm_eval=False,
@@ -431,6 +371,9 @@ class PluggedBackbone(BaseModule):
                 for param in site.parameters():
                     param.requires_grad = False
         if mode and self.plugin_norm_eval:
+            for site in self.plugins.values():
+                for plugin in site.children():
+                    plugin.norm_eval = True  # mmplug's plugins keep their BNs in eval then
             for module in self.plugins.modules():
                 if isinstance(module, _BatchNorm):
                     module.eval()

@@ -3,36 +3,17 @@
 Han, Wang, Tian, Guo, Xu, Xu. "GhostNet: More Features from Cheap Operations",
 CVPR 2020. https://arxiv.org/abs/1911.11907
 
-The Ghost module (paper Sec. 3.1, Eq. 2-3) replaces an ``n``-output conv:
+The Ghost module (Sec. 3.1, Eqs. 2-3) replaces an ``n``-output conv: a primary
+conv (the layer's kernel, stride, padding) makes ``m = ceil(n / s)`` intrinsic
+maps, a depthwise ``d x d`` conv makes ``s - 1`` ghost maps from each, and the
+first ``n`` of both are kept; ``s = 2``, ``d = 3``, about ``s`` times fewer
+FLOPs (Eqs. 4-5). Init: none of its own (the host's reaches both convs).
 
-1. a *primary* conv (the layer's own kernel, stride, padding, dilation) makes
-   ``m = ceil(n / s)`` intrinsic feature maps;
-2. a cheap *depthwise* ``d x d`` conv (stride 1, 'same' padding) makes
-   ``s - 1`` ghost maps from each intrinsic map;
-3. intrinsic and ghost maps are concatenated and the first ``n`` kept.
-
-The paper's defaults are ``s = 2`` (``ratio``) and ``d = 3`` (``dw_size``);
-FLOPs and parameters fall by about ``s`` (Eq. 4-5).
-
-Deliberate choices, as a conv *replacement* (``conv_cfg=dict(type='GhostConv2d')``):
-
-* The paper's Ghost module puts BN (and, in the first module of a Ghost
-  bottleneck, ReLU) after each of its two convs. Here ``norm_cfg`` and
-  ``act_cfg`` default to ``None``: the layer stays linear like the
-  ``nn.Conv2d`` it replaces, and the host's own norm/activation
-  (``ConvModule``, ResNet's ``bn1``/``bn2``/``bn3``) follow it. Inside a host
-  ``conv -> BN -> ReLU`` this is the paper's module less two things: the BN on
-  the intrinsic maps before the cheap conv (a per-channel affine, which the
-  depthwise conv can absorb) and the ReLU there. Putting BN/ReLU inside by
-  default would normalise the output twice and make ResNet's ``conv3`` (no
-  activation before the residual sum) non-linear. Pass
-  ``norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU')`` for the paper's
-  module exactly (then usually as a standalone block).
-* The paper's ``ratio`` (``s``) keeps its name: it is the expansion of the
-  intrinsic maps into the output, not a channel reduction, and it rounds up
-  (``ceil``), unlike the package's ``rd_*`` reductions.
-* When ``ratio`` does not divide ``out_channels``, up to ``ratio - 1`` surplus
-  ghost channels are computed and sliced off (as in the paper's description).
+Deviations: no norm/activation by default, where the paper has BN (and in a
+bottleneck's first module ReLU) after each conv: the layer stays linear like
+the conv it replaces and the host's follow; it lacks only the BN/ReLU on the
+intrinsic maps. ``norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU')`` is the
+paper's module.
 """
 import math
 
@@ -41,8 +22,8 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch import nn
 
+from mmplug.layers import check_cfg, check_conv_input, check_int, check_int_pair
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_cfg, check_conv_input, check_int, check_int_pair
 
 
 @MODELS.register_module()
@@ -53,32 +34,23 @@ class GhostConv2d(BaseModule):
         in_channels (int): Input channels.
         out_channels (int): Output channels ``n``.
         kernel_size (int | tuple[int, int]): Kernel of the primary conv.
-        stride (int | tuple[int, int]): Stride of the primary conv. Defaults to 1.
-        padding (int | tuple[int, int]): Padding of the primary conv. Defaults to 0.
-        dilation (int | tuple[int, int]): Dilation of the primary conv.
+        stride (int | tuple[int, int]): Its stride. Defaults to 1.
+        padding (int | tuple[int, int]): Its padding. Defaults to 0.
+        dilation (int | tuple[int, int]): Its dilation. Defaults to 1.
+        groups (int): Its groups; must divide ``in_channels`` and ``m``.
             Defaults to 1.
-        groups (int): Groups of the primary conv; must divide ``in_channels``
-            and ``ceil(out_channels / ratio)``. Defaults to 1.
-        bias (bool): Bias on both convs. Defaults to True (as ``nn.Conv2d``).
-        ratio (int): The paper's ``s`` (at least 2): the primary conv makes
-            ``ceil(out_channels / ratio)`` maps. Defaults to 2.
-        dw_size (int): Odd kernel ``d`` of the cheap depthwise conv.
-            Defaults to 3.
-        norm_cfg (dict, optional): Norm after each of the two convs (the
-            paper's BN). Defaults to None (none: a linear conv replacement).
-        act_cfg (dict, optional): Activation after each of the two convs.
-            Defaults to None.
+        bias (bool): Bias on both convs. Defaults to True.
+        ratio (int): The paper's ``s`` (at least 2). Defaults to 2.
+        dw_size (int): Odd kernel ``d`` of the cheap conv. Defaults to 3.
+        norm_cfg (dict, optional): Norm after each conv. Defaults to None.
+        act_cfg (dict, optional): Activation after each conv. Defaults to None.
         init_cfg (dict | list[dict], optional): mmengine init config.
             Defaults to None.
 
     Note:
-        Same output shape as ``nn.Conv2d`` with the same arguments; build it
-        with ``conv_cfg=dict(type='GhostConv2d')`` in ``ConvModule`` or
-        mmdet/mmseg ``ResNet`` (every conv of the backbone, stem and
-        downsample included: Ghost-ResNet-50). No special init: the host's
-        init reaches the inner ``nn.Conv2d`` layers. Fewer FLOPs than its
-        plain conv but known to be slower than that suggests on GPU
-        (depthwise conv, concatenation).
+        In mmdet/mmseg ``ResNet``, ``conv_cfg=dict(type='GhostConv2d')``
+        replaces every conv, stem and downsample included. Fewer FLOPs, but
+        slower on GPU than the FLOPs suggest (depthwise conv, concatenation).
 
     Example:
         >>> import torch
@@ -86,11 +58,6 @@ class GhostConv2d(BaseModule):
         >>> conv = GhostConv2d(64, 128, 3, stride=2, padding=1, bias=False)
         >>> conv(torch.randn(2, 64, 28, 28)).shape
         torch.Size([2, 128, 14, 14])
-
-        In an mmdet/mmseg ResNet config::
-
-            backbone=dict(type='ResNet', depth=50,
-                          conv_cfg=dict(type='GhostConv2d', ratio=2, dw_size=3))
     """
 
     _abbr_ = 'ghost_conv'

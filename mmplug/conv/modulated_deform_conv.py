@@ -3,66 +3,25 @@
 Zhu, Hu, Lin, Dai. "Deformable ConvNets v2: More Deformable, Better Results",
 CVPR 2019. https://arxiv.org/abs/1811.11168
 
-``y(p) = sum_k w_k * x(p + p_k + dp_k) * dm_k`` (paper Eq. 3): every kernel tap
-``k`` samples the input bilinearly at its grid position ``p + p_k`` moved by a
-learned offset ``dp_k``, weighted by a modulation scalar ``dm_k``.
+``y(p) = sum_k w_k * x(p + p_k + dp_k) * dm_k`` (Eq. 3). Takes the arguments and
+offset layout of ``mmcv.ops.modulated_deform_conv2d`` (channel ``2 * (g * K +
+k)`` the y and ``+ 1`` the x offset of tap ``k = i * kw + j`` in deform group
+``g``) and computes the same function and gradients (``tests/test_dcn.py``):
+points with ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W`` sample 0 and
+pass no gradient; at integer points the offset gradient is the cell
+below/right's. One ``F.grid_sample`` samples all taps into columns (kept for
+backward, like mmcv's im2col buffer), one ``F.conv2d`` with a ``K x 1`` kernel
+contracts them.
 
-``modulated_deform_conv2d`` takes the arguments of mmcv's op of the same name
-(``mmcv.ops.modulated_deform_conv2d``) and computes the same function:
+Deviations from mmcv's op:
 
-* Offset layout: ``offset[:, 2 * (g * K + k)]`` is the row (y) and
-  ``offset[:, 2 * (g * K + k) + 1]`` the column (x) offset of tap
-  ``k = i * kw + j`` in deform group ``g``; ``mask[:, g * K + k]`` its
-  modulation. Deform group ``g`` covers input channels
-  ``[g * C / G_d, (g + 1) * C / G_d)``.
-* Sampling point of output ``(ho, wo)``, tap ``(i, j)``:
-  ``(ho * stride_h - pad_h + i * dilation_h + dy, wo * stride_w - pad_w +
-  j * dilation_w + dx)``; bilinear, with every neighbour outside the input
-  read as 0. A point with ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W``
-  samples 0 and passes no gradient to its offset or mask, as mmcv's kernel
-  (on the line ``y = -1`` bilinear interpolation would still pass an offset
-  gradient; mmcv's kernel treats the line as outside, so it is masked here).
-* Gradients (autograd) w.r.t. input, offset, mask, weight and bias match
-  mmcv's kernel, at integer sampling points too (every tap at init, when the
-  offsets are 0), where the bilinear weights have a kink: like mmcv's, the
-  offset gradient there is the one of the cell below/right of the point.
-
-How (vectorised, im2col-like): one ``F.grid_sample`` call samples all ``K``
-taps of all output positions (``[N * G_d, C / G_d, K, Ho * Wo]`` columns),
-the columns are multiplied by the mask, and one ``F.conv2d`` with the weight
-reshaped to a ``K x 1`` kernel contracts them over channels and taps (groups
-and bias included). Columns take ``N * C * K * Ho * Wo`` elements, twice
-(kept for the backward), like mmcv's im2col buffer. mmcv 2.1.0's compiled
-CPU kernel loops over elements on one thread; measured forward + backward
-on a shared 2-core machine (2 threads), this function was 4-9x faster:
-4x128x16x16 3x3 conv 15 ms vs 142 ms, 4x512x4x4 9 ms vs 36 ms,
-2x256x64x64 0.36 s vs 2.5 s. ``tests/test_dcn.py`` checks parity.
-
-Choices made here:
-
-* ``grid_sample(align_corners=True)`` normalises a pixel coordinate ``p`` to
-  ``2 p / (size - 1) - 1`` and back. The input is zero-padded on the bottom
-  and right to ``2^m + 1`` rows/columns so that ``2 / (size - 1)`` is a
-  power of two and the round trip is exact: integer sampling points stay
-  integers, and ``floor`` picks the same cell as mmcv's kernel (otherwise the
-  offset gradient at init could come from the cell above/left instead). The
-  padding adds at most one row/column for power-of-two sizes; the padded
-  zeros are exactly what bilinear sampling reads outside the input.
-* Sampling runs in float32 at least (float64 stays float64): bf16/fp16
-  sampling positions lose whole pixels at ordinary map sizes (bf16 has 8
-  significant bits). The output has the offset's dtype, as mmcv's op (it
-  casts input, weight and mask to the offset's dtype); under autocast the
-  final conv runs in the autocast dtype. Unlike mmcv 2.1.0's CPU kernel,
-  bfloat16 works.
-* Non-finite offsets give non-finite outputs (mmcv's kernel samples 0 there).
-* Only standard ops (``grid_sample``, ``conv2d``, elementwise), so the
-  function runs on any device and traces for ``torch.compile`` /
-  ``torch.export``. ONNX: ``torch.onnx.export(..., dynamo=True)`` (torch's
-  default exporter; ``GridSample`` needs opset >= 16) exports it with a
-  dynamic batch, and onnxruntime matches PyTorch to float rounding
-  (``tests/test_export.py``). The spatial size is fixed at export (the
-  padding to ``2^m + 1`` is computed from it). The deprecated TorchScript
-  exporter (``dynamo=False``) is not supported.
+* The input is zero-padded to ``2^m + 1`` rows/columns so that
+  ``grid_sample(align_corners=True)`` normalises exactly and ``floor`` picks
+  mmcv's cell.
+* Sampling in float32 at least; output in the offset's dtype; bfloat16 works.
+* Non-finite offsets give non-finite outputs (mmcv samples 0).
+* Standard ops only: any device, ``torch.compile`` / ``torch.export``, and
+  ``torch.onnx.export(..., dynamo=True)`` (opset >= 16, fixed spatial size).
 """
 import torch
 import torch.nn.functional as F
@@ -70,12 +29,7 @@ from torch.nn.modules.utils import _pair
 
 
 def _exact_size(size):
-    """The smallest ``2^m + 1 >= size`` with ``m >= 0`` (2 for size 1).
-
-    ``size`` may be a 0-dim tensor: ``torch.jit.trace`` (mmengine's FLOP counter,
-    mmdet's ``get_flops.py``) records shapes as tensors; the padding is fixed at
-    the traced size, as for export.
-    """
+    """The smallest ``2^m + 1 >= size``, ``m >= 0``; ``size`` may be a traced 0-dim tensor."""
     return (1 << max(int(size) - 2, 0).bit_length()) + 1
 
 
@@ -85,17 +39,14 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
 
     Args:
         input (Tensor): ``[N, C, H, W]``.
-        offset (Tensor): ``[N, 2 * deform_groups * kh * kw, Ho, Wo]``, per
-            deform group and tap ``(dy, dx)`` (mmcv's layout).
-        mask (Tensor): ``[N, deform_groups * kh * kw, Ho, Wo]`` modulation.
+        offset (Tensor): ``[N, 2 * deform_groups * kh * kw, Ho, Wo]`` (mmcv's
+            layout).
+        mask (Tensor): ``[N, deform_groups * kh * kw, Ho, Wo]``.
         weight (Tensor): ``[C_out, C / groups, kh, kw]``.
         bias (Tensor, optional): ``[C_out]``. Defaults to None.
-        stride (int | tuple[int, int]): Defaults to 1.
-        padding (int | tuple[int, int]): Defaults to 0.
-        dilation (int | tuple[int, int]): Defaults to 1.
+        stride, padding, dilation (int | tuple[int, int]): Defaults to 1, 0, 1.
         groups (int): Conv groups. Defaults to 1.
-        deform_groups (int): Offset/mask groups over the input channels.
-            Defaults to 1.
+        deform_groups (int): Offset/mask groups. Defaults to 1.
 
     Returns:
         Tensor: ``[N, C_out, Ho, Wo]`` in ``offset``'s dtype.
@@ -149,8 +100,7 @@ def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, pa
                             align_corners=True)  # [N*Gd, C/Gd, K, Ho*Wo]
     mask = mask.to(dtype).reshape(n, dg, 1, k, ho * wo) * inside.reshape(n, dg, 1, k, ho * wo)
     columns = (sampled.reshape(n, dg, c // dg, k, ho * wo) * mask).reshape(n, c, k, ho * wo)
-    # Sum over channels and taps: a K x 1 conv over [taps, positions] (oneDNN's
-    # conv was as fast as an explicit matmul here and takes groups and bias).
+    # Sum over channels and taps: a K x 1 conv over [taps, positions].
     out = F.conv2d(columns.to(out_dtype), weight.to(out_dtype).reshape(c_out, c_per_group, k, 1),
                    None if bias is None else bias.to(out_dtype), groups=groups)
     return out.reshape(n, c_out, ho, wo)

@@ -1,20 +1,11 @@
 """A small semantic-segmentation set in the Cityscapes layout.
 
-Each image is a toy street scene drawn from the polygon primitives of
-:mod:`.shapes`: sky at the top, building blocks (with windows, some with pitched
-roofs), trees and bushes, a sidewalk strip, a road with lane markings, and in
-front of them poles (some carrying a traffic sign or a lamp arm), people and
-cars, with random size, aspect, shear, vertex jitter and a little perspective
-(things lower in the image are larger and drawn later). Every class has its own
-colour distribution: a per-image colour drawn around class-specific means, a
-vertical gradient for the sky, and per-pixel noise of class-specific strength,
-all under a per-image brightness factor and a slight blur.
-
-The labels are Cityscapes *trainIds* (see :data:`CLASSES`); only road,
-sidewalk, building, pole, traffic sign, vegetation, sky, person and car occur.
-Optionally a thin band of ``255`` (ignore) surrounds the objects. The layout is
-the one mmseg's own ``CityscapesDataset`` reads (``data_prefix=dict(
-img_path='leftImg8bit/train', seg_map_path='gtFine/train')``)::
+Toy street scenes from :mod:`.shapes` polygons (sky, buildings, vegetation,
+sidewalk, road with lane markings, poles with signs or lamps, people, cars),
+randomly sized, sheared and jittered, each class with its own colour and noise
+statistics. Labels are Cityscapes *trainIds* (:data:`CLASSES`), optionally with
+an ignore (255) band around objects, in the layout mmseg's
+``CityscapesDataset`` reads::
 
     <root>/leftImg8bit/{train,val}/<city>/<city>_<seq:06d>_000019_leftImg8bit.png
     <root>/gtFine/{train,val}/<city>/<city>_<seq:06d>_000019_gtFine_labelTrainIds.png
@@ -348,7 +339,7 @@ def _make_split(root, split, num_images, seed, width, height, max_cars, max_peop
 
 def generate_cityscapes_shapes(root, *, num_train=200, num_val=50, seed=0, width=256, height=128,
                                max_cars=4, max_people=4, max_poles=3, ignore_border=0):
-    """Write the Cityscapes-layout street-shapes set under ``root``.
+    """Write the Cityscapes-layout street-shapes set under ``root`` and return ``root``.
 
     Args:
         root (str): Output folder.
@@ -356,18 +347,11 @@ def generate_cityscapes_shapes(root, *, num_train=200, num_val=50, seed=0, width
         num_val (int): Validation images. Defaults to 50.
         seed (int): Seed; the output is a pure function of the arguments.
             Defaults to 0.
-        width (int): Image width (at least 32). Defaults to 256.
-        height (int): Image height (at least 32). Defaults to 128.
-        max_cars (int): At most this many cars per image. Defaults to 4.
-        max_people (int): At most this many people per image. Defaults to 4.
-        max_poles (int): At most this many poles (some with a traffic sign)
-            per image. Defaults to 3.
-        ignore_border (int): Width in pixels of an ignore (255) band around
-            the borders of poles, signs, people and cars; 0 for none.
-            Defaults to 0.
-
-    Returns:
-        str: ``root``.
+        width, height (int): Image size, each at least 32. Defaults to 256, 128.
+        max_cars, max_people, max_poles (int): At most this many per image (some
+            poles carry a traffic sign). Defaults to 4, 4, 3.
+        ignore_border (int): Width of an ignore (255) band around poles, signs,
+            people and cars; 0 for none. Defaults to 0.
     """
     def is_int(value):
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -1,10 +1,7 @@
-"""A small detection / instance-segmentation set in COCO format.
+"""A small detection / instance-segmentation set in COCO format (mmdet's ``CocoDataset``).
 
-Images hold a few objects of :data:`CLASSES` (rectangles, ellipses, triangles,
-stars) with random colour, size, aspect, rotation, shear and vertex jitter, on
-noisy gradient backgrounds. Objects do not overlap, so the polygon masks are the
-visible masks. The layout is COCO's, read by mmdet's own ``CocoDataset`` and
-scored by ``CocoMetric``::
+Non-overlapping rectangles, ellipses, triangles and stars (so polygon masks are the
+visible masks) on noisy gradient backgrounds::
 
     <root>/annotations/instances_{train,val}.json
     <root>/{train,val}/<id>.png
@@ -88,7 +85,7 @@ def _make_split(root, split, num_images, seed, width, height, max_objects, min_s
 
 def generate_coco_shapes(root, *, num_train=512, num_val=128, seed=0, width=128, height=128,
                          max_objects=4, min_size=24, max_size=64, with_masks=True):
-    """Write the COCO-format shapes set under ``root``.
+    """Write the COCO-format shapes set under ``root`` and return ``root``.
 
     Args:
         root (str): Output folder.
@@ -96,16 +93,10 @@ def generate_coco_shapes(root, *, num_train=512, num_val=128, seed=0, width=128,
         num_val (int): Validation images. Defaults to 128.
         seed (int): Seed; the output is a pure function of the arguments.
             Defaults to 0.
-        width (int): Image width. Defaults to 128.
-        height (int): Image height. Defaults to 128.
-        max_objects (int): At most this many objects per image (at least 1).
-            Defaults to 4.
-        min_size (float): Smallest object extent in pixels. Defaults to 24.
-        max_size (float): Largest object extent in pixels. Defaults to 64.
+        width, height (int): Image size. Defaults to 128, 128.
+        max_objects (int): At most this many objects per image. Defaults to 4.
+        min_size, max_size (float): Object extent in pixels. Defaults to 24, 64.
         with_masks (bool): Write polygon ``segmentation`` fields. Defaults to True.
-
-    Returns:
-        str: ``root``.
     """
     for name, value in (('num_train', num_train), ('num_val', num_val), ('width', width),
                         ('height', height), ('max_objects', max_objects)):

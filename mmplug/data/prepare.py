@@ -1,10 +1,5 @@
-"""Make a config's data ready: generate the embedded demo sets, or explain what is missing.
-
-``tools/train.py`` and ``tools/test.py`` call :func:`prepare_data` on the loaded
-config before building the runner. Datasets whose ``data_root`` is one of the
-embedded demo sets (``data/coco_shapes``, ``data/cityscapes_shapes``) are
-generated on first use and cached; a real data set that is missing stops with
-a message that says where it looked and how to run the demo instead.
+"""Make a config's data ready: generate the embedded demo sets (``data/coco_shapes``,
+``data/cityscapes_shapes``) on first use, or say what real data is missing and where.
 """
 import json
 import os
@@ -30,11 +25,8 @@ _DEMO_HINT = ('To try mmplug without it, run the demo on the embedded data: `mak
 def ensure_demo_dataset(root):
     """Generate the embedded set named by ``basename(root)`` unless a current copy exists.
 
-    The set is written to a temporary sibling folder and moved into place, so an
-    interrupted generation never leaves a half-written set that looks complete.
-
-    Returns:
-        bool: True if it was generated now, False if the cached copy was used.
+    Written to a temporary sibling and moved into place, so it is never half-written.
+    Returns True if generated now, False if the cached copy was used.
     """
     name = osp.basename(osp.normpath(root))
     if name not in DEMO_DATASETS:
@@ -87,14 +79,9 @@ def _expected_paths(ds):
 
 
 def prepare_data(cfg):
-    """Generate the embedded sets ``cfg`` uses and check that real data exists.
+    """Generate the embedded sets ``cfg`` uses; raise ``FileNotFoundError`` for missing real data.
 
-    Args:
-        cfg (mmengine.Config): A loaded config.
-
-    Raises:
-        FileNotFoundError: A dataset of ``cfg`` points at data that is not there;
-            the message names the path and how to run the demo instead.
+    The message names the path and how to run the demo instead.
     """
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         loader = cfg.get(key)

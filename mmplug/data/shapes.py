@@ -26,20 +26,12 @@ SHAPE_NAMES = tuple(_UNIT_OUTLINES)
 
 def random_polygon(rng, kind, center, size, *, max_aspect=2.0, max_shear=0.3, jitter=0.08,
                    rotate=True):
-    """A deformed outline of ``kind`` around ``center``.
+    """A deformed outline of ``kind`` (one of :data:`SHAPE_NAMES`) around ``center``.
 
-    Args:
-        rng (numpy.random.Generator): Source of randomness.
-        kind (str): One of :data:`SHAPE_NAMES`.
-        center (tuple[float, float]): (x, y) in pixels.
-        size (float): Approximate extent (diameter) in pixels.
-        max_aspect (float): Width/height drawn log-uniformly in [1/a, a].
-        max_shear (float): Shear factor drawn uniformly in [-s, s].
-        jitter (float): Per-vertex noise, as a fraction of the size.
-        rotate (bool): Rotate by a random angle.
-
-    Returns:
-        np.ndarray: ``[K, 2]`` vertices (x, y) in pixels.
+    ``size`` is the approximate extent in pixels; width/height is drawn
+    log-uniformly in ``[1/max_aspect, max_aspect]``, the shear in
+    ``[-max_shear, max_shear]``, per-vertex noise is ``jitter`` times the size, and
+    ``rotate`` adds a random angle. Returns ``[K, 2]`` vertices (x, y) in pixels.
     """
     if kind not in _UNIT_OUTLINES:
         raise ValueError(f'unknown shape {kind!r}; expected one of {SHAPE_NAMES}')

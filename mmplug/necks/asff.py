@@ -3,54 +3,37 @@
 Liu, Huang, Wang. "Learning Spatial Fusion for Single-Shot Object Detection",
 arXiv 2019. https://arxiv.org/abs/1911.09516
 
-Every output level ``l`` fuses *all* input levels, each resized to level ``l``,
-with per-pixel weights that sum to 1 over the levels (paper Sec. 3.2):
+Output level ``l`` fuses every level ``k`` resized to it, with per-pixel
+weights that sum to 1 over the levels (Sec. 3.2, Eqs. 1-2)::
 
-1. Resize (Sec. 3.2, "Feature resizing"), ``x^{k->l}`` has level ``l``'s
-   channels and size:
+    y^l_ij      = sum_k alpha^{k,l}_ij * x^{k->l}_ij
+    alpha^{k,l} = exp(lambda^{k,l}) / sum_m exp(lambda^{m,l})
+    out^l       = ConvModule3x3(y^l)
 
-   * up-sampling: a 1x1 conv to level ``l``'s channels, then nearest
-     interpolation;
-   * down-sampling by 2: a 3x3 conv with stride 2;
-   * down-sampling by 4: a max-pool with stride 2, then the 3x3 stride-2 conv;
-   * same level: the map itself.
+Resizing: down by 2, a 3x3 stride-2 ConvModule; down by 4, a 3x3 stride-2
+max-pool first; up, nearest interpolation. Logits: each ``x^{k->l}`` through a
+1x1 ConvModule to ``compress_channels`` (16), concatenated, one 1x1 conv.
+``variant='release'`` (default) is the authors' code (GOATmessi8/ASFF,
+``models/network_blocks.py``): a level of the target's width is up-sampled as
+it is. ``variant='paper'`` (mmplug < 0.2; its checkpoints raise a
+``ValueError`` in the other variant) adds a 1x1 conv-BN-LeakyReLU before every
+up-sampling, as the paper's text describes.
 
-2. Fuse (Eqs. 1-2), for every position ``(i, j)``::
+Deviations from the authors' code (three levels, ratios 2 and 4):
 
-       y^l_ij      = sum_k alpha^{k,l}_ij * x^{k->l}_ij
-       alpha^{k,l} = exp(lambda^{k,l}) / sum_m exp(lambda^{m,l})
+* Any number of levels ``N >= 2`` and power-of-2 stride ratios: down by
+  ``r >= 4`` is a max-pool of stride ``r/2`` (kernel ``r/2 + 1``, padding
+  ``r/4``: the release's at ``r = 4``), then the 3x3 stride-2 conv; equal
+  strides of different widths are joined by a 1x1 ConvModule.
+* Run-time size matching: up-sampling to the target's exact ``H, W`` (the
+  release: a fixed ``scale_factor``), strided paths off by a pixel cropped or
+  replicate-padded at the bottom-right.
+* Zero-initialised logit conv (every ``alpha = 1/N``); the release keeps
+  PyTorch's default init.
+* Under autocast the logit conv and the softmax run in float32.
 
-   the control maps ``lambda^{k,l}`` coming from 1x1 convs of the ``x^{k->l}``.
-   Weight compression: each ``x^{k->l}`` goes through its own 1x1 ConvModule
-   to ``compress_channels`` (16) channels, these are concatenated and one 1x1
-   conv gives the ``N`` maps ``lambda^{., l}``.
-
-3. Output: ``out^l = ConvModule3x3(y^l)``, ``in_channels[l] -> out_channels[l]``.
-
-Deviations from the paper (which has YOLOv3's three levels, ratios 2 and 4):
-
-* Any number of levels ``N >= 2`` with any power-of-2 stride ratios (``strides``).
-  Up-sampling by any ratio is the paper's 1x1 conv + nearest; down-sampling by
-  ``r >= 4`` is one max-pool of stride ``r / 2`` (kernel ``r / 2 + 1``, padding
-  ``r / 4``: the paper's "2-stride max pooling" at ``r = 4``, with the 3x3 /
-  padding 1 window of ResNet's stem pool; the paper gives no kernel size) and
-  then the 3x3 stride-2 conv. Two levels with the *same* stride but different
-  channels are joined by a 1x1 ConvModule (the paper has no such case).
-* The paper's text computes each ``lambda^{k,l}`` with a 1x1 conv of
-  ``x^{k->l}`` alone; here the weight compression above (conv-norm-act to
-  ``compress_channels`` per source, concatenation, one 1x1 conv with bias to
-  the ``N`` logits) lets every logit see every source. The 3x3 ConvModule
-  after the fusion is not part of Eqs. 1-2 either.
-* Sizes are matched at run time, never assumed from the strides: up-sampling
-  interpolates to the target's exact ``H, W`` (as mmdet's FPN top-down path
-  does), and a strided path that comes out off by a pixel (odd sizes, floor-
-  vs ceil-rounded pyramids) is cropped / replicate-padded at the bottom-right,
-  which keeps it aligned with the top-left-anchored strided convs.
-* Init (the paper gives none): the logit conv starts at weight 0, bias 0, so
-  every ``alpha^{k,l} = 1 / N`` at init; see ``ASFF.init_weights``.
-* Under autocast the logit conv (``N * compress_channels -> N`` channels, so
-  it is cheap) and the softmax run in float32, which keeps the weights finite
-  and summing to 1 under fp16/bf16.
+The weight compression and the output 3x3 ConvModule are the release's; they
+deviate only from the paper's text (a 1x1 conv per logit, no output conv).
 """
 import torch
 import torch.nn as nn
@@ -58,9 +41,9 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, ModuleList, constant_init
 
+from mmplug.layers import check_cfg, check_int, check_variant_keys
 from mmplug.necks.per_level import check_in_channels, check_inputs
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_cfg, check_int
 
 
 def _match_size(x, size):
@@ -71,18 +54,15 @@ def _match_size(x, size):
 
 
 class _Resize(BaseModule):
-    """Resize a map from a source level to a target level (paper Sec. 3.2).
+    """Resize a source level to a target level; ``ratio = target_stride / source_stride``."""
 
-    ``ratio`` is ``target_stride / source_stride``: below 1 up-samples, above
-    1 down-samples, 1 keeps the resolution.
-    """
-
-    def __init__(self, in_channels, out_channels, ratio, conv_cfg, norm_cfg, act_cfg):
+    def __init__(self, in_channels, out_channels, ratio, compress_upsampled, conv_cfg, norm_cfg,
+                 act_cfg):
         super().__init__()
         convs = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
         self.upsample = ratio < 1
         self.pool = nn.Identity()
-        if ratio == 1 and in_channels == out_channels:
+        if ratio <= 1 and in_channels == out_channels and not (ratio < 1 and compress_upsampled):
             self.conv = nn.Identity()
         elif ratio <= 1:
             # Up-sampling: compress at the coarse resolution, then interpolate.
@@ -104,14 +84,15 @@ class _Resize(BaseModule):
 class _Fusion(BaseModule):
     """The ASFF block of one output level: resize every level, weight, sum, 3x3 conv."""
 
-    def __init__(self, in_channels, out_channels, strides, level, compress_channels, conv_cfg,
-                 norm_cfg, act_cfg):
+    def __init__(self, in_channels, out_channels, strides, level, compress_channels,
+                 compress_upsampled, conv_cfg, norm_cfg, act_cfg):
         super().__init__()
         convs = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
         channels = in_channels[level]
         num_levels = len(in_channels)
         self.resize = ModuleList([
-            _Resize(c, channels, strides[level] / s, **convs) for c, s in zip(in_channels, strides)
+            _Resize(c, channels, strides[level] / s, compress_upsampled, **convs)
+            for c, s in zip(in_channels, strides)
         ])
         self.weight_compress = ModuleList([
             ConvModule(channels, compress_channels, 1, **convs) for _ in range(num_levels)
@@ -126,9 +107,7 @@ class _Fusion(BaseModule):
     def weights(self, resized):
         """``alpha^{., l}``: float32 ``[B, N, H_l, W_l]``, softmax over the ``N`` levels."""
         z = torch.cat([conv(x) for conv, x in zip(self.weight_compress, resized)], dim=1)
-        # [B, N * compress_channels, H_l, W_l] -> [B, N, H_l, W_l] in the parameters'
-        # dtype (float32 under autocast) and a float32 softmax: the weights must stay
-        # finite and sum to 1 under fp16/bf16.
+        # Logits in the parameters' dtype (float32 under autocast), float32 softmax.
         with torch.autocast(device_type=z.device.type, enabled=False):
             logits = self.weight_logits(z.to(self.weight_logits.weight.dtype))
         return logits.float().softmax(dim=1)
@@ -175,52 +154,28 @@ def _check_strides(owner, strides, num_levels):
 class ASFF(BaseModule):
     """Adaptively Spatial Feature Fusion neck (``N`` levels in, ``N`` levels out).
 
-    Output level ``l`` is ``ConvModule3x3(sum_k alpha^{k,l} * resize_{k->l}(x_k))``
-    with per-pixel weights ``alpha^{., l}`` from a softmax over the levels; see
-    the module docstring for the equations and every deviation from the paper.
-
     Args:
-        in_channels (list[int]): Channels of each input level (any number of
-            levels, at least 2).
-        out_channels (int | list[int], optional): Output channels, one int for
-            all levels or one per level. Defaults to None (``in_channels``).
+        in_channels (list[int]): Channels of each input level (at least 2).
+        out_channels (int | list[int], optional): Output channels, one int or
+            one per level. Defaults to None (``in_channels``).
         strides (list[int], optional): Feature stride of each input level, in
-            the order of the inputs; any two must differ by a power of 2 (equal
-            strides are allowed). Only the ratios matter. Defaults to None:
-            each level has half the resolution of the previous one, as FPN's
-            outputs (``[1, 2, 4, ...]``). mmdet's ``YOLOV3Neck`` returns the
-            deepest level first: pass ``strides=[32, 16, 8]``.
-        compress_channels (int): Width each resized level is compressed to
-            before the fusion weights are computed. Defaults to 16.
+            input order (powers of 2 apart). Defaults to None (``[1, 2, 4,
+            ...]``); after ``YOLOV3Neck`` pass ``[32, 16, 8]``.
+        compress_channels (int): Width before the logit conv. Defaults to 16.
         conv_cfg (dict, optional): Conv config of the ConvModules. Defaults to
-            None (``nn.Conv2d``).
-        norm_cfg (dict, optional): Norm of the ConvModules. Defaults to
-            ``dict(type='BN')``.
-        act_cfg (dict, optional): Activation of the ConvModules. Defaults to
+            None.
+        norm_cfg (dict, optional): Their norm. Defaults to ``dict(type='BN')``.
+        act_cfg (dict, optional): Their activation. Defaults to
             ``dict(type='LeakyReLU', negative_slope=0.1)`` (YOLOv3's).
-        init_cfg (dict | list[dict], optional): mmengine init config.
-            ``init_weights()`` re-applies the fusion's own init after it.
-            Defaults to None.
+        init_cfg (dict | list[dict], optional): mmengine init config. Defaults
+            to None.
+        variant (str): ``'release'`` or ``'paper'``. Defaults to ``'release'``.
 
     Note:
-        A neck after FPN or YOLOV3Neck (``neck=[dict(type='FPN', ...),
-        dict(type='ASFF', ...)]``) or after a backbone; the level sizes may be
-        anything that is consistent with ``strides`` (odd sizes, floor- or
-        ceil-rounded). Inputs whose sizes contradict ``strides`` (e.g.
-        YOLOv3's deepest-first outputs with the default strides) raise a
-        ``ValueError``.
-
-        At init every fusion weight is exactly ``1 / N`` (the logit conv is
-        zero), so level ``l`` starts as a fresh conv-BN-act of the *average* of
-        the resized levels; it is not the identity and replaces FPN's outputs
-        at step 0. With a zero logit conv the compression convs get no gradient
-        on the first step (as behind mmcv's ``last_zero_init``); from the
-        second on they do. The other convs keep ConvModule's He init (gain for
-        the LeakyReLU slope), norms scale 1 and shift 0.
-
-        BN in training mode needs more than one value per channel: a 1x1 level
-        with batch size 1 raises in PyTorch's BN (use batch > 1, GN or
-        ``SyncBN``).
+        A neck after FPN (``neck=[dict(type='FPN', ...), dict(type='ASFF',
+        ...)]``), YOLOV3Neck or a backbone; sizes that contradict ``strides``
+        raise a ``ValueError``. Not the identity at init: level ``l`` is a
+        fresh conv-BN-act of the average of the resized levels.
 
     Example:
         >>> import torch
@@ -242,16 +197,13 @@ class ASFF(BaseModule):
 
         In an mmdet config::
 
-            neck=[dict(type='FPN', in_channels=[256, 512, 1024, 2048],
-                       out_channels=256, num_outs=5),
-                  dict(type='ASFF', in_channels=[256] * 5)]
-
             neck=[dict(type='YOLOV3Neck', num_scales=3,
                        in_channels=[1024, 512, 256], out_channels=[512, 256, 128]),
                   dict(type='ASFF', in_channels=[512, 256, 128], strides=[32, 16, 8])]
     """
 
-    _abbr_ = 'asff'
+    #: See the module docstring.
+    VARIANTS = ('release', 'paper')
 
     def __init__(self,
                  in_channels,
@@ -261,8 +213,13 @@ class ASFF(BaseModule):
                  conv_cfg=None,
                  norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='LeakyReLU', negative_slope=0.1),
-                 init_cfg=None):
+                 init_cfg=None,
+                 *,
+                 variant='release'):
         super().__init__(init_cfg=init_cfg)
+        if variant not in self.VARIANTS:
+            raise ValueError(f'ASFF: variant must be one of {self.VARIANTS}, got {variant!r}')
+        self.variant = variant
         in_channels = check_in_channels('ASFF', in_channels)
         if len(in_channels) < 2:
             raise ValueError(f'ASFF: fuses several levels, so in_channels needs at least 2 '
@@ -274,24 +231,22 @@ class ASFF(BaseModule):
         self.out_channels = _per_level_channels('ASFF', out_channels, in_channels)
         self.strides = _check_strides('ASFF', strides, len(in_channels))
         self.compress_channels = compress_channels
-        # One fusion block per output level, none shared.
         self.fusions = ModuleList([
             _Fusion(in_channels, self.out_channels[level], self.strides, level,
-                    compress_channels, conv_cfg, norm_cfg, act_cfg)
+                    compress_channels, variant == 'paper', conv_cfg, norm_cfg, act_cfg)
             for level in range(len(in_channels))
         ])
         # Not via init_weights(): that would mark the module initialised and
         # mmengine would skip it after a host's init_cfg.
         self._reset_parameters()
 
-    def init_weights(self):
-        """Host ``init_cfg`` first, then ConvModule's He init, then zero logit convs.
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        check_variant_keys(self, state_dict, prefix,
+                           "ASFF before mmplug 0.2 was variant='paper'")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-        mmengine calls the children's ``init_weights`` after applying a
-        parent's ``init_cfg``, so the ConvModules re-apply their init and this
-        re-zeroes the logit convs (uniform fusion weights). A ``Pretrained``
-        init of the whole model still wins.
-        """
+    def init_weights(self):
+        """Host ``init_cfg`` first, then ConvModule's He init, then zero logit convs."""
         super().init_weights()
         self._reset_parameters()
 

@@ -1,15 +1,14 @@
-"""Shared parts of the necks: checking multi-level inputs, and a neck that runs one
-block per level.
-
-mmdet's and mmseg's necks take the tuple of features a backbone (or another
-neck, in a ``neck=[...]`` chain) returns and give a tuple back. RFB, ASPP and MPM
-are blocks that transform one feature map; as necks they run one block per
-selected level and pass the other levels through unchanged.
+"""Shared parts of the necks: multi-level input checks, and a neck that runs its own
+block on each selected level and passes the others through.
 """
-import torch
-from mmengine.model import BaseModule, ModuleDict
+import copy
+import inspect
 
-from mmplug.utils.validation import check_int
+import torch
+from mmengine.model import BaseModule, ModuleDict, Sequential
+
+from mmplug.layers import check_cfg, check_int
+from mmplug.registry import MODELS
 
 
 def check_in_channels(owner, in_channels):
@@ -23,11 +22,7 @@ def check_in_channels(owner, in_channels):
 
 
 def check_inputs(owner, inputs, in_channels):
-    """Check that ``inputs`` has one ``[N, C_l, H, W]`` map per level with ``C_l`` as built.
-
-    Errors name the level and say what was expected, e.g. for a neck built for
-    FPN's five 256-channel outputs but fed a backbone's ``[256, 512, 1024, 2048]``.
-    """
+    """Check that ``inputs`` has one ``[N, C_l, H, W]`` map per level; errors name the level."""
     if not isinstance(inputs, (list, tuple)):
         raise TypeError(f'{owner}: expected a tuple of {len(in_channels)} feature maps (one per '
                         f'level), got {type(inputs).__name__}')
@@ -43,26 +38,32 @@ def check_inputs(owner, inputs, in_channels):
                              f'{level}] = {c}), got {list(x.shape)}')
 
 
+@MODELS.register_module()
 class PerLevelNeck(BaseModule):
-    """A neck that runs one block per selected input level.
+    """A neck that runs its own copy of one block on each selected level; the others pass.
 
-    Subclasses implement ``_build_block(in_channels, out_channels)``; this class
-    validates the channel lists, builds one block per selected level (never a
-    shared module), checks the inputs at run time and passes unselected levels
-    through unchanged.
+    ``RFB``, ``ASPP`` and ``MPM`` are this neck with their block; any registered
+    ``Module(in_channels, out_channels, ...)`` works, e.g. SPHead's 1x1 reduction::
+
+        neck=dict(type='PerLevelNeck', in_channels=[256, 512, 1024, 2048],
+                  out_channels=1024, levels=[3],
+                  block=dict(type='ConvModule', kernel_size=1, norm_cfg=dict(type='BN')))
 
     Args:
         in_channels (list[int]): Channels of each input level.
         out_channels (int | list[int], optional): Output channels of the selected
-            levels: one int for all, or one per input level (an unselected level
-            must keep its channels). Defaults to None (``in_channels``).
-        levels (list[int], optional): Indices of the levels to transform; the
-            others pass through. Defaults to None (all levels).
+            levels (an unselected level keeps its channels). Defaults to None.
+        levels (list[int], optional): Levels to transform. Defaults to None (all).
+        block (dict): Config of the block, deep-copied per selected level.
+        num_blocks (int, optional): Stack this many blocks per level (keys
+            ``blocks.<level>.<k>.*``). Defaults to None: one block, keys
+            ``blocks.<level>.*``.
         init_cfg (dict | list[dict], optional): mmengine init config. Defaults
             to None.
     """
 
-    def __init__(self, in_channels, out_channels=None, levels=None, init_cfg=None):
+    def __init__(self, in_channels, out_channels=None, levels=None, *, block, num_blocks=None,
+                 init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         owner = type(self).__name__
         in_channels = check_in_channels(owner, in_channels)
@@ -90,17 +91,52 @@ class PerLevelNeck(BaseModule):
         else:
             raise ValueError(f'{owner}: out_channels must be None, an int or a list of '
                              f'{num_levels} ints (one per level), got {out_channels!r}')
+        if num_blocks is not None:
+            check_int(owner, 'num_blocks', num_blocks)
+        self.block_cls, self.block_kwargs = _block_class(owner, block)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.levels = sorted(levels)
+        self.num_blocks = num_blocks
         self.blocks = ModuleDict({
-            str(i): self._build_block(in_channels[i], out_channels[i]) for i in self.levels
+            str(i): self._build_level(in_channels[i], out_channels[i]) for i in self.levels
         })
 
     def _build_block(self, in_channels, out_channels):
-        raise NotImplementedError
+        return self.block_cls(in_channels=in_channels, out_channels=out_channels,
+                              **copy.deepcopy(self.block_kwargs))
+
+    def _build_level(self, in_channels, out_channels):
+        if self.num_blocks is None:
+            return self._build_block(in_channels, out_channels)
+        return Sequential(*[self._build_block(in_channels if k == 0 else out_channels,
+                                              out_channels) for k in range(self.num_blocks)])
 
     def forward(self, inputs):
         check_inputs(type(self).__name__, inputs, self.in_channels)
         return tuple(self.blocks[str(i)](x) if str(i) in self.blocks else x
                      for i, x in enumerate(inputs))
+
+
+def _block_class(owner, block):
+    """The block's class (resolved in the current scope's registry) and its other
+    arguments; an argument the block does not take raises here, naming it."""
+    check_cfg(owner, 'block', block, allow_none=False)
+    kwargs = copy.deepcopy(dict(block))
+    block_type = kwargs.pop('type')
+    if isinstance(block_type, str):
+        with MODELS.switch_scope_and_registry(kwargs.pop('_scope_', None)) as registry:
+            block_type = registry.get(block_type)
+    params = inspect.signature(block_type.__init__).parameters
+    for name in ('in_channels', 'out_channels'):
+        if name in kwargs:
+            raise ValueError(f'{owner}: block sets {name}, which the neck gives each level; got '
+                             f'block={block!r}')
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            accepted = [n for n in params if n not in ('self', 'in_channels', 'out_channels')]
+            raise TypeError(f'{owner}: unexpected keyword argument(s) '
+                            f'{", ".join(map(repr, unknown))}; the block arguments (passed to '
+                            f'every {block_type.__name__}) are {", ".join(accepted)}')
+    return block_type, kwargs

@@ -4,33 +4,25 @@ Liu, Lehman, Molino, Such, Frank, Sergeev, Yosinski. "An Intriguing Failing of
 Convolutional Neural Networks and the CoordConv Solution", NeurIPS 2018.
 https://arxiv.org/abs/1807.03247
 
-The paper's CoordConv layer convolves ``[x; coordinates]`` (see
-``mmplug.conv.coord_conv.CoordConv2d``, the conv replacement, which shares
-the coordinate helper with this plugin). To add coordinates at a plugin
-position of an existing backbone without changing its convolutions, this
-plugin computes::
+The paper's layer convolves ``[x; coordinates]`` (``CoordConv2d``). This plugin
+adds coordinates at a plugin position without changing the backbone's convs::
 
     out = x + Conv_k([x; x_coord; y_coord (; r)])      Conv_k: C + K -> C
 
-with the projection ``Conv_k`` (``k = 1`` by default) zero-initialised, so the
-plugin is the identity at init and a pretrained backbone is undisturbed at
-step 0. Coordinates are in ``[-1, 1]`` per axis from the runtime shape
-(0 on a size-1 axis), ``r = sqrt(x^2 + y^2)``.
+Coordinates in ``[-1, 1]`` per axis from the runtime shape, ``r = sqrt(x^2 +
+y^2)``. Init: ``Conv_k`` zero, so the plugin is the identity.
 
-Deviation: the residual form and the zero init are ours, not the paper's (the
-paper replaces a conv by CoordConv; it has no plugin). With a 1x1 projection
-the coordinate part is a learned, position-dependent bias that is linear in
-``x``, ``y`` (and ``r``); a 3x3 projection (``kernel_size=3``) also mixes
-neighbouring features.
+Deviations: the residual form and the zero init are ours (the paper only
+replaces convs); with ``k = 1`` the coordinate part is a learned bias linear in
+``x``, ``y`` (and ``r``).
 """
 import torch
 from mmcv.cnn import build_conv_layer
 from mmengine.model import BaseModule
 from torch import nn
 
-from mmplug.conv.coord_conv import _coord_channels, _num_coords
+from mmplug.layers import check_cfg, check_input, check_int, coord_channels, num_coords
 from mmplug.registry import MODELS
-from mmplug.utils.validation import check_cfg, check_input, check_int
 
 
 @MODELS.register_module()
@@ -39,22 +31,16 @@ class CoordConvPlugin(BaseModule):
 
     Args:
         in_channels (int): Channels of the input feature map.
-        kernel_size (int): Odd kernel size of the projection (the map keeps
-            its size). Defaults to 1.
+        kernel_size (int): Odd kernel size of the projection. Defaults to 1.
         with_r (bool): Also append the radius channel ``r``. Defaults to False.
-        conv_cfg (dict, optional): mmcv config of the projection conv; None
-            for ``nn.Conv2d``. Defaults to None.
-        init_cfg (dict | list[dict], optional): mmengine init config. The
-            zero init of the projection is applied by ``init_weights()``
-            regardless. Defaults to None.
+        conv_cfg (dict, optional): Config of the projection. Defaults to None.
+        init_cfg (dict | list[dict], optional): mmengine init config; the zero
+            init is re-applied by ``init_weights()``. Defaults to None.
 
     Note:
-        Shape preserving, so it fits any plugin position of mmdet/mmseg
-        ``ResNet`` (``after_conv2`` keeps it on the narrow width). It is the
-        identity at init (projection weight and bias 0). It adds
-        ``C * (C + K) * k * k + C`` parameters (``K`` = 2, or 3 with ``r``):
-        66,304 at ``C = 256``, ``k = 1``; 4.2M at ``C = 2048``, so prefer the
-        narrow positions.
+        No ResNet position is the paper's; ``after_conv2`` keeps it narrow
+        (``C * (C + K) * k * k + C`` parameters: 66,304 at ``C = 256``, ``k =
+        1``; 4.2M at ``C = 2048``).
 
     Example:
         >>> import torch
@@ -65,9 +51,7 @@ class CoordConvPlugin(BaseModule):
 
         In an mmdet/mmseg ResNet config::
 
-            plugins=[dict(cfg=dict(type='CoordConvPlugin'),
-                          stages=(False, False, False, True),
-                          position='after_conv2')]
+            plugins=[dict(cfg=dict(type='CoordConvPlugin'), position='after_conv2')]
     """
 
     _abbr_ = 'coord_conv'
@@ -90,7 +74,7 @@ class CoordConvPlugin(BaseModule):
         self.in_channels = in_channels
         self.kernel_size = kernel_size
         self.with_r = with_r
-        self.proj = build_conv_layer(conv_cfg, in_channels + _num_coords(with_r), in_channels,
+        self.proj = build_conv_layer(conv_cfg, in_channels + num_coords(with_r), in_channels,
                                      kernel_size, padding=kernel_size // 2, bias=True)
         self._zero_init()
 
@@ -105,5 +89,5 @@ class CoordConvPlugin(BaseModule):
 
     def forward(self, x):
         check_input('CoordConvPlugin', x, self.in_channels)
-        coords = _coord_channels(x, self.with_r)  # [N, K, H, W]
+        coords = coord_channels(x, self.with_r)  # [N, K, H, W]
         return x + self.proj(torch.cat([x, coords], dim=1))  # [N, C, H, W]

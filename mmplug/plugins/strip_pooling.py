@@ -1,68 +1,44 @@
-"""Strip Pooling Module (SPM).
+"""Strip Pooling Module (SPM), registered as ``StripPooling``.
 
 Hou, Zhang, Cheng, Feng. "Strip Pooling: Rethinking Spatial Pooling for Scene
 Parsing", CVPR 2020. https://arxiv.org/abs/2003.13328
 
-The paper's SPM (Sec. 3.2, Fig. 2) gates a feature map ``x`` (``C x H x W``)
-with long, narrow pooling windows:
+Gates ``x`` with long, narrow pooling windows (Sec. 3.2, Fig. 2)::
 
-1. strip pooling: ``y^h_{c,i} = mean_j x_{c,i,j}`` (an ``H x 1`` map, pooled
-   over W) and ``y^v_{c,j} = mean_i x_{c,i,j}`` (a ``1 x W`` map, pooled over H);
-2. a 1-D convolution of kernel 3 along each strip (``3 x 1`` on ``y^h``,
-   ``1 x 3`` on ``y^v``), each followed by BN;
-3. expand both back to ``H x W`` and sum: ``y_{c,i,j} = y^h_{c,i} + y^v_{c,j}``;
-4. ``z = x * sigmoid(f(ReLU(y)))`` with ``f`` a 1x1 convolution.
+    y^h_{c,i} = mean_j x_{c,i,j},   y^v_{c,j} = mean_i x_{c,i,j}    strip pooling
+    y_{c,i,j} = BN(conv3x1(y^h))_{c,i} + BN(conv1x3(y^v))_{c,j}     expand and sum
+    z = x * sigmoid(f(ReLU(y)))                                     f: 1x1 conv
 
-Registered as ``StripPooling``; the paper calls the block SPM (the mixed
-pooling module MPM of the same paper is a different block).
+Init: ``ConvModule``'s (He normal fan-out, zero bias, BN 1/0); in training mode
+the gate then has mean 0.5, std about 0.26 (the tests check it), halving a
+pretrained backbone's features at step 0. Placement: on the 3x3 conv's output
+in the bottlenecks of stage 4 and the last block of stages 1-3,
+``position='after_conv2'``.
 
-Choices and options:
+Deviations (ours, off by default unless noted):
 
-* Init (default, ``identity_init=False``): the paper's block with He-normal
-  (fan-out, ReLU gain) convolutions, zero conv biases, BN weight 1 and bias 0
-  (mmcv ``ConvModule``'s init). The gate is ``sigmoid(z)`` with
-  ``z = f(ReLU(y))``. In training mode each BN output is zero-mean, unit-variance
-  per channel, so ``y = y^h + y^v`` has variance about 2, ``E[ReLU(y)^2]`` about 1,
-  and with ``f``'s He weights (variance ``2 / C``) and zero bias ``z`` has mean 0
-  and variance about 2 over the init. The gate therefore has expected value
-  exactly 0.5 (``z`` is symmetric about 0) and a spread of about 0.26
-  (measured: mean 0.50, std 0.26 at C = 64, 256, 512; the tests check it).
-  Features are scaled by about 0.5 at step 0, which disturbs a pretrained
-  backbone.
-* ``identity_init=True`` (ours, for pretrained backbones): the gate becomes
-  ``2 * sigmoid(f(ReLU(y)))`` with ``f``'s weight and bias zero-initialised,
-  so the gate is exactly 1.0 and the output equals the input at init; during
-  training the gate ranges over (0, 2) instead of (0, 1) (the factor 2 is
-  the one the original DCNv2 code uses on its modulation mask).
-* ``rd_ratio < 1`` (or ``rd_channels``) adds a 1x1 ``ConvModule`` that
-  reduces the channels before pooling (``f`` then expands back to C); the
-  paper's SPM has no reduction (the default, ``rd_ratio=1``).
+* ``identity_init=True``: gate ``2 * sigmoid(f(ReLU(y)))``, ``f`` zero, exactly
+  1 at init, range (0, 2).
+* ``rd_ratio < 1`` adds a 1x1 reduction before pooling (``f`` expands back).
+* The BatchNorms follow the plugin's own train/eval mode, not the host's
+  ``norm_eval`` (``mmplug.layers.norm_mode``); inside a ``frozen_stages``
+  stage the plugin is frozen at its init.
 """
 import torch
 from mmcv.cnn import ConvModule, build_activation_layer
 from mmengine.model import BaseModule
 from torch import nn
 
+from mmplug.layers import (
+    check_cfg,
+    check_input,
+    check_int,
+    follow_module_mode,
+    reduced_channels,
+    strip_convs,
+    strip_pool,
+)
 from mmplug.registry import MODELS
-from mmplug.utils.channels import reduced_channels
-from mmplug.utils.validation import check_cfg, check_input, check_int
-
-
-def strip_convs(channels, conv_cfg=None, norm_cfg=dict(type='BN')):
-    """The two 1-D convs of strip pooling: ``(3x1 over H, 1x3 over W)``, with norm, no act."""
-    layer = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=None)
-    return (ConvModule(channels, channels, (3, 1), padding=(1, 0), **layer),
-            ConvModule(channels, channels, (1, 3), padding=(0, 1), **layer))
-
-
-def strip_pool(x, conv_h, conv_w):
-    """Strip pooling of ``x`` ``[N, C, H, W]``: ``conv_h(mean over W) + conv_w(mean over H)``.
-
-    The ``[N, C, H, 1]`` and ``[N, C, 1, W]`` strips are expanded to ``[N, C, H, W]`` by
-    broadcasting in the sum (the paper's "expand"). Shared by :class:`StripPooling` and
-    SPNet's mixed pooling module.
-    """
-    return conv_h(x.mean(dim=3, keepdim=True)) + conv_w(x.mean(dim=2, keepdim=True))
 
 
 @MODELS.register_module()
@@ -71,40 +47,22 @@ class StripPooling(BaseModule):
 
     Args:
         in_channels (int): Channels of the input feature map.
-        rd_ratio (float): Width of the strip convolutions as a fraction of
-            ``in_channels``; below 1 a 1x1 reduction conv is added. Defaults
-            to 1.0 (the paper: no reduction).
-        rd_channels (int, optional): Explicit width; overrides ``rd_ratio``.
-            Defaults to None.
-        rd_divisor (int): Round the width from ``rd_ratio`` to a multiple of
-            this. Defaults to 1.
-        identity_init (bool): Gate with ``2 * sigmoid`` and zero-initialise
-            the last 1x1 conv, so the module is the identity at init. Defaults
-            to False (the paper's ``sigmoid`` gate, about 0.5 at init).
-        conv_cfg (dict, optional): mmcv config of the convolutions. Defaults
-            to None (``nn.Conv2d``).
-        norm_cfg (dict, optional): mmcv config of the norm after the strip
-            convolutions (and the reduction). Defaults to ``dict(type='BN')``.
-        act_cfg (dict, optional): mmcv config of the activation applied to the
-            fused map (and after the reduction); None for none. Defaults to
-            ``dict(type='ReLU')``.
-        init_cfg (dict | list[dict], optional): mmengine init config. The
-            init described in the module docstring is applied by
-            ``init_weights()`` regardless. Defaults to None.
+        rd_ratio (float): Strip-conv width as a fraction of ``in_channels``.
+            Defaults to 1.0 (the paper).
+        rd_channels (int, optional): Explicit width. Defaults to None.
+        rd_divisor (int): Round the width to a multiple of this. Defaults to 1.
+        identity_init (bool): ``2 * sigmoid`` gate, zero ``f``. Defaults to False.
+        conv_cfg (dict, optional): Config of the convs. Defaults to None.
+        norm_cfg (dict, optional): Norm after the strip convs (and the
+            reduction). Defaults to ``dict(type='BN')``.
+        act_cfg (dict, optional): Activation of the fused map (and the
+            reduction); None for none. Defaults to ``dict(type='ReLU')``.
+        init_cfg (dict | list[dict], optional): mmengine init config; the init
+            is re-applied by ``init_weights()``. Defaults to None.
 
     Note:
-        Shape preserving, so it fits any plugin position of mmdet/mmseg
-        ``ResNet``. The paper gates the output of the 3x3 conv in the
-        bottlenecks of stage 4 and of the last block of stages 1-3
-        (``position='after_conv2'``; mmdet/mmseg plugins are chosen per stage,
-        so use ``stages=(False, False, False, True)`` or all stages). At init
-        the default gate is 0.5 in expectation (std about 0.26 over positions
-        and channels); with ``identity_init=True`` it is exactly 1.0 and the
-        output equals the input. ``6 * C * C + 4 * C + C * C + C`` parameters
-        at the default width (1,837,568 at ``C = 512``, stage 4 of ResNet-50
-        at ``after_conv2``). With BN, a training-mode batch needs more than
-        one value per channel in each strip (not ``N = H = 1`` or
-        ``N = W = 1``); the BNs follow the host's ``norm_eval``.
+        ``7 * C * C + 5 * C`` parameters (1,837,568 at ``C = 512``). With BN, a
+        training batch needs more than one value per channel in each strip.
 
     Example:
         >>> import torch
@@ -116,8 +74,7 @@ class StripPooling(BaseModule):
         In an mmdet/mmseg ResNet config (pretrained backbone)::
 
             plugins=[dict(cfg=dict(type='StripPooling', identity_init=True),
-                          stages=(False, False, False, True),
-                          position='after_conv2')]
+                          stages=(False, False, False, True), position='after_conv2')]
     """
 
     _abbr_ = 'strip_pooling'
@@ -165,13 +122,17 @@ class StripPooling(BaseModule):
             nn.init.zeros_(self.fuse.conv.bias)
 
     def init_weights(self):
-        """Re-apply the init of the module docstring after the host's ``init_cfg``."""
+        """Re-apply the init after the host's ``init_cfg``."""
         super().init_weights()
         self._reset()
 
-    def forward(self, x):
-        check_input('StripPooling', x, self.in_channels)
+    def gate(self, x):
+        """The gate ``gate_scale * sigmoid(f(ReLU(y)))`` that multiplies ``x``: ``[N, C, H, W]``."""
         y = self.reduce(x)  # [N, C', H, W]
         y = self.act(strip_pool(y, self.conv_h, self.conv_w))  # [N, C', H, W]
-        gate = torch.sigmoid(self.fuse(y)) * self.gate_scale  # [N, C, H, W]
-        return x * gate
+        return torch.sigmoid(self.fuse(y)) * self.gate_scale  # [N, C, H, W]
+
+    def forward(self, x):
+        check_input('StripPooling', x, self.in_channels)
+        follow_module_mode(self)
+        return x * self.gate(x)
