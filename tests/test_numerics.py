@@ -86,7 +86,7 @@ EDGE_CASES = ['1x1', 'zeros', 'constant', 'batch1_train', 'large']
 KNOWN_TORCH_BUGS = {
     ('NonLocal', 'fp32', 'large[1e+06]'): 'CPU flash-attention backward, logits > ~1e9',
     ('NonLocal', 'bf16', 'large[1e+06]'): 'CPU flash-attention backward, logits > ~1e9',
-}
+} if hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu') else {}
 #: Non-deterministic PyTorch bugs: an xfail when their symptom shows (nothing else failed).
 FLAKY_TORCH_BUGS = {
     ('ASFF', 'bf16', '1x1'): 'oneDNN bf16 conv weight gradient, stride 2 on width 1',

@@ -95,9 +95,9 @@ class BlurConv2d(nn.Conv2d):
                          groups, bias)
         s = stride_pair[0]
         self.blur_first = blur_first
-        self.pre_blur = Blur(in_channels, filt_size, 1, pad_mode) \
+        self.pre_blur = Blur(in_channels, filt_size, 1, pad_mode, owner) \
             if blur_first and s > 1 else nn.Identity()
-        self.post_blur = Blur(out_channels, filt_size, s, pad_mode) \
+        self.post_blur = Blur(out_channels, filt_size, s, pad_mode, owner) \
             if not blur_first and s > 1 else nn.Identity()
         self._conv_stride = s if blur_first else 1
 

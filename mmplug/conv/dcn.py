@@ -119,6 +119,7 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
         if self._use_mmcv(x):
             # mmcv 2.1.0's kernels index these as NCHW memory without checking:
             # channels-last tensors gave outputs off by their whole scale (CPU).
-            x, offset, mask, weight = (t.contiguous() for t in (x, offset, mask, self.weight))
+            x, offset = x.contiguous(), offset.contiguous()
+            mask, weight = mask.contiguous(), self.weight.contiguous()
             return mmcv_modulated_deform_conv2d(x, offset, mask, weight, *args)
         return modulated_deform_conv2d(x, offset, mask, self.weight, *args)

@@ -29,8 +29,14 @@ from torch.nn.modules.utils import _pair
 
 
 def _exact_size(size):
-    """The smallest ``2^m + 1 >= size``, ``m >= 0``; ``size`` may be a traced 0-dim tensor."""
-    return (1 << max(int(size) - 2, 0).bit_length()) + 1
+    """The smallest ``2^m + 1 >= size``, ``m >= 0``; ``size`` may be a traced 0-dim tensor.
+
+    A loop rather than ``int.bit_length``, which torch 2.1's dynamo cannot trace.
+    """
+    size, edge = int(size), 1
+    while edge + 1 < size:
+        edge *= 2
+    return edge + 1
 
 
 def modulated_deform_conv2d(input, offset, mask, weight, bias=None, stride=1, padding=0,

@@ -43,9 +43,10 @@ class Blur(nn.Module):
     non-persistent buffer: no parameters, no checkpoint keys.
     """
 
-    def __init__(self, channels, filt_size=3, stride=2, pad_mode='reflect'):
+    def __init__(self, channels, filt_size=3, stride=2, pad_mode='reflect', owner=None):
         super().__init__()
-        owner = type(self).__name__
+        #: The module named in error messages (``BlurConv2d`` for its inner blurs).
+        self.owner = owner = owner or type(self).__name__
         for name, value in (('in_channels', channels), ('stride', stride)):
             check_int(owner, name, value)
         check_blur_args(owner, filt_size, pad_mode)
@@ -60,7 +61,7 @@ class Blur(nn.Module):
             persistent=False)
 
     def forward(self, x):
-        owner = type(self).__name__
+        owner = self.owner
         check_input(owner, x, self.in_channels)
         h, w = x.shape[2:]
         # reflect needs more than the padding; circular wraps at most once
