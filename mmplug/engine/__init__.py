@@ -4,16 +4,16 @@ imported by ``import mmplug``. Importing it registers ``AtomicCheckpointHook``,
 ``custom_imports = dict(imports=['mmplug', 'mmplug.engine'])``).
 """
 from .atomic_checkpoint import (
-                                AtomicCheckpointHook,
-                                AtomicLocalBackend,
-                                UnsafeCheckpointError,
-                                atomic_write,
-                                check_checkpoint_is_safe,
-                                checkpoint_is_complete,
-                                find_resumable_checkpoint,
-                                get_rng_state,
-                                set_rng_state,
-                                use_atomic_checkpoints,
+    AtomicCheckpointHook,
+    AtomicLocalBackend,
+    UnsafeCheckpointError,
+    atomic_write,
+    check_checkpoint_is_safe,
+    checkpoint_is_complete,
+    find_resumable_checkpoint,
+    get_rng_state,
+    set_rng_state,
+    use_atomic_checkpoints,
 )
 from .config_check import UnknownTypeError, check_model_types, check_registered_types
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed

@@ -9,16 +9,16 @@ from .norm_mode import follow_module_mode
 from .strip_pool import strip_convs, strip_pool
 from .tracing import is_tracing
 from .validation import (
-                         InputSizeError,
-                         check_bool,
-                         check_cfg,
-                         check_conv_channels,
-                         check_conv_input,
-                         check_divisible,
-                         check_input,
-                         check_int,
-                         check_int_pair,
-                         check_odd,
+    InputSizeError,
+    check_bool,
+    check_cfg,
+    check_conv_channels,
+    check_conv_input,
+    check_divisible,
+    check_input,
+    check_int,
+    check_int_pair,
+    check_odd,
 )
 from .variants import check_variant_keys
 
