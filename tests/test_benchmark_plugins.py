@@ -175,6 +175,17 @@ def test_dcn_macs_are_the_same_on_every_path(smoke):
         assert macs['ours (torch)'] == dense + n * h * w * 27 * c * 9  # + the offset conv
 
 
+def test_non_local_macs_count_the_attention(smoke):
+    """Four 1x1 convs and two HW x HW products, whichever attention kernel runs."""
+    results, _, _ = smoke
+    for g in _groups(results, 'NonLocal'):
+        macs = {row['impl']: row['macs'] for row in g['rows']}
+        n, c, h, w = g['shapes'][0]
+        hw, inter = h * w, c // 2
+        expected = 4 * n * hw * c * inter + 2 * n * hw * hw * inter
+        assert macs['ours'] == macs['mmcv NonLocal2d'] == expected, (g['stage'], macs)
+
+
 def test_parity_check_is_not_vacuous():
     from mmdet.models.layers import SELayer
     ours, peer = SE(32), SELayer(32, ratio=16)

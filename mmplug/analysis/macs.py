@@ -2,7 +2,9 @@
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (aten-level conv, matmul and
 attention; elementwise ops, pooling, BN, ``grid_sample`` are not counted, as in
-fvcore/mmengine counters), FLOPs / 2. mmcv's deformable convs run outside aten, so every
+fvcore/mmengine counters), FLOPs / 2. SDPA's fused CPU kernel (torch releases after 2.1) has
+no formula there and is given torch's own attention formula, so attention counts the same
+on every device and torch. mmcv's deformable convs run outside aten, so every
 ``DeformConv2d`` / ``ModulatedDeformConv2d`` (and subclass: the packs, ``DCNv2UnitMask``)
 that runs an mmcv op is counted as its dense conv (the MACs of the sampled im2col product;
 bilinear sampling is not counted). Used by every tool of ``tools/analysis/``; import it::
@@ -11,7 +13,7 @@ bilinear sampling is not counted). Used by every tool of ``tools/analysis/``; im
     macs, deform_macs = count_macs(model, lambda: model(x))
 """
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 try:
     from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
@@ -23,6 +25,16 @@ else:
     DEFORM_CONVS = (DeformConv2d, ModulatedDeformConv2d)
 
 __all__ = ['DEFORM_CONVS', 'count_macs']
+
+
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+def _missing_formulas():
+    """FlopCounterMode formulas for the aten ops it does not count (looked up at use)."""
+    cpu_flash = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    return {cpu_flash: _attention_flops} if cpu_flash is not None else {}
 
 
 def count_macs(model, forward):
@@ -47,7 +59,7 @@ def count_macs(model, forward):
 
     hooks = [m.register_forward_hook(dcn_hook) for m in model.modules()
              if isinstance(m, DEFORM_CONVS)]
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_missing_formulas())
     try:
         with torch.no_grad(), counter:
             forward()
