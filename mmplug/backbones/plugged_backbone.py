@@ -22,7 +22,7 @@ from mmengine.model import BaseModule, ModuleDict, Sequential
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmplug.layers import is_tracing
+from mmplug.layers import check_bool, is_tracing
 from mmplug.registry import MODELS, close_type_names
 
 __all__ = ['PluggedBackbone']
@@ -277,9 +277,7 @@ class PluggedBackbone(BaseModule):
                 and freeze_plugins != 'follow':
             raise ValueError("PluggedBackbone: freeze_plugins must be False, True or 'follow', "
                              f'got {freeze_plugins!r}')
-        if not isinstance(plugin_norm_eval, bool):
-            raise ValueError(f'PluggedBackbone: plugin_norm_eval must be a bool, got '
-                             f'{plugin_norm_eval!r}')
+        check_bool('PluggedBackbone', 'plugin_norm_eval', plugin_norm_eval)
         if not isinstance(probe_shape, (list, tuple)) or len(probe_shape) != 3 or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in probe_shape):
             raise ValueError('PluggedBackbone: probe_shape must be (C, H, W), three positive '

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmplug.layers import (
+    check_bool,
     check_conv_channels,
     check_conv_input,
     check_int_pair,
@@ -86,10 +87,8 @@ class CoordConv2d(nn.Conv2d):
         if padding_mode not in ('zeros', 'reflect', 'replicate', 'circular'):
             raise ValueError(f"{owner}: padding_mode must be 'zeros', 'reflect', 'replicate' "
                              f"or 'circular', got {padding_mode!r}")
-        if not isinstance(with_r, bool):
-            raise ValueError(f'{owner}: with_r must be a bool, got {with_r!r}')
-        if not isinstance(bias, bool):
-            raise ValueError(f'{owner}: bias must be a bool, got {bias!r}')
+        check_bool(owner, 'with_r', with_r)
+        check_bool(owner, 'bias', bias)
         coords = num_coords(with_r)
         # Each group gets the K coordinate channels: weight [out, in/groups + K, kh, kw].
         super().__init__(in_channels + groups * coords, out_channels, kernel_size, stride,

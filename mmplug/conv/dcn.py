@@ -26,7 +26,13 @@ from mmcv.ops import ModulatedDeformConv2dPack
 from mmcv.ops import modulated_deform_conv2d as mmcv_modulated_deform_conv2d
 
 from mmplug.conv.modulated_deform_conv import modulated_deform_conv2d
-from mmplug.layers import check_conv_channels, check_conv_input, check_int, check_int_pair
+from mmplug.layers import (
+    check_bool,
+    check_conv_channels,
+    check_conv_input,
+    check_int,
+    check_int_pair,
+)
 from mmplug.registry import MODELS
 
 
@@ -78,8 +84,7 @@ class DCNv2UnitMask(ModulatedDeformConv2dPack):
         if in_channels % deform_groups:
             raise ValueError(f'{owner}: deform_groups ({deform_groups}) must divide '
                              f'in_channels ({in_channels})')
-        if not isinstance(bias, bool):
-            raise ValueError(f'{owner}: bias must be a bool, got {bias!r}')
+        check_bool(owner, 'bias', bias)
         if impl not in self._impls:
             raise ValueError(f'{owner}: impl must be one of {self._impls}, got {impl!r}')
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,

@@ -22,7 +22,14 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch import nn
 
-from mmplug.layers import check_cfg, check_conv_input, check_int, check_int_pair
+from mmplug.layers import (
+    check_bool,
+    check_cfg,
+    check_conv_input,
+    check_int,
+    check_int_pair,
+    check_odd,
+)
 from mmplug.registry import MODELS
 
 
@@ -76,10 +83,8 @@ class GhostConv2d(BaseModule):
         dilation = check_int_pair(owner, 'dilation', dilation, 1)
         if ratio < 2:
             raise ValueError(f'{owner}: ratio must be >= 2 (1 is a plain conv), got {ratio}')
-        if dw_size % 2 == 0:
-            raise ValueError(f'{owner}: dw_size must be odd for same padding, got {dw_size}')
-        if not isinstance(bias, bool):
-            raise ValueError(f'{owner}: bias must be a bool, got {bias!r}')
+        check_odd(owner, 'dw_size', dw_size, why='same padding')
+        check_bool(owner, 'bias', bias)
         init_channels = math.ceil(out_channels / ratio)
         if in_channels % groups or init_channels % groups:
             raise ValueError(

@@ -33,7 +33,7 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule, build_activation_layer
 from mmengine.model import BaseModule
 
-from mmplug.layers import activate, check_cfg, check_int
+from mmplug.layers import activate, check_bool, check_cfg, check_int, check_odd
 from mmplug.necks.per_level import PerLevelNeck
 from mmplug.registry import MODELS
 
@@ -46,12 +46,9 @@ def _check_block_args(owner, channels, dilations, image_pool, proj_kernel_size, 
             isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
         raise ValueError(f'{owner}: dilations must be a non-empty tuple of positive ints (one '
                          f'branch per rate, 1 gives the 1x1 branch), got {dilations!r}')
-    if not isinstance(image_pool, bool):
-        raise ValueError(f'{owner}: image_pool must be True or False, got {image_pool!r}')
-    check_int(owner, 'proj_kernel_size', proj_kernel_size)
-    if proj_kernel_size % 2 == 0:
-        raise ValueError(f'{owner}: proj_kernel_size must be odd (1 as the paper, 3 as mmseg) '
-                         f'to keep H x W, got {proj_kernel_size!r}')
+    check_bool(owner, 'image_pool', image_pool)
+    check_odd(owner, 'proj_kernel_size', proj_kernel_size,
+              why='1 as the paper, 3 as mmseg; keeps H x W')
     if isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float)) \
             or not 0 <= dropout_ratio < 1:
         raise ValueError(f'{owner}: dropout_ratio must be a number in [0, 1), '

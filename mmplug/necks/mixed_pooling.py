@@ -35,6 +35,7 @@ from torch import nn
 
 from mmplug.layers import (
     activate,
+    check_bool,
     check_cfg,
     check_int,
     check_int_pair,
@@ -159,8 +160,7 @@ class MPMBlock(BaseModule):
             check_int_pair(owner, f'pool_sizes[{i}]', s) for i, s in enumerate(pool_sizes))
         for name, value in (('align_corners', align_corners),
                             ('zero_init_residual', zero_init_residual)):
-            if not isinstance(value, bool):
-                raise ValueError(f'{owner}: {name} must be a bool, got {value!r}')
+            check_bool(owner, name, value)
         for name, cfg in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg), ('act_cfg', act_cfg)):
             check_cfg(owner, name, cfg)
         self.in_channels = in_channels

@@ -40,6 +40,7 @@ from mmplug.layers import (
     check_cfg,
     check_input,
     check_int,
+    check_odd,
     follow_module_mode,
     reduced_channels,
 )
@@ -99,10 +100,7 @@ class CBAM(BaseModule):
         super().__init__(init_cfg=init_cfg)
         check_int('CBAM', 'in_channels', in_channels)
         hidden = reduced_channels('CBAM', in_channels, rd_ratio, rd_channels, rd_divisor)
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) \
-                or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'CBAM: kernel_size must be a positive odd int (the map keeps its '
-                             f'size), got {kernel_size!r}')
+        check_odd('CBAM', 'kernel_size', kernel_size)
         check_cfg('CBAM', 'act_cfg', act_cfg)
         check_cfg('CBAM', 'norm_cfg', norm_cfg)
         self.no_spatial = check_bool('CBAM', 'no_spatial', no_spatial)

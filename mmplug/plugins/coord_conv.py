@@ -21,7 +21,15 @@ from mmcv.cnn import build_conv_layer
 from mmengine.model import BaseModule
 from torch import nn
 
-from mmplug.layers import check_cfg, check_input, check_int, coord_channels, num_coords
+from mmplug.layers import (
+    check_bool,
+    check_cfg,
+    check_input,
+    check_int,
+    check_odd,
+    coord_channels,
+    num_coords,
+)
 from mmplug.registry import MODELS
 
 
@@ -64,12 +72,8 @@ class CoordConvPlugin(BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         check_int('CoordConvPlugin', 'in_channels', in_channels)
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) \
-                or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'CoordConvPlugin: kernel_size must be a positive odd int (the map '
-                             f'keeps its size), got {kernel_size!r}')
-        if not isinstance(with_r, bool):
-            raise ValueError(f'CoordConvPlugin: with_r must be a bool, got {with_r!r}')
+        check_odd('CoordConvPlugin', 'kernel_size', kernel_size)
+        check_bool('CoordConvPlugin', 'with_r', with_r)
         check_cfg('CoordConvPlugin', 'conv_cfg', conv_cfg)
         self.in_channels = in_channels
         self.kernel_size = kernel_size

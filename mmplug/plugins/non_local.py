@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, constant_init, normal_init
 
-from mmplug.layers import check_cfg, check_input, check_int, follow_module_mode, reduced_channels
+from mmplug.layers import (
+    check_bool,
+    check_cfg,
+    check_input,
+    check_int,
+    follow_module_mode,
+    reduced_channels,
+)
 from mmplug.registry import MODELS
 
 
@@ -96,8 +103,7 @@ class NonLocal(BaseModule):
         super().__init__(init_cfg=init_cfg)
         check_int('NonLocal', 'in_channels', in_channels)
         for name, value in (('use_scale', use_scale), ('sub_sample', sub_sample)):
-            if not isinstance(value, bool):
-                raise ValueError(f'NonLocal: {name} must be True or False, got {value!r}')
+            check_bool('NonLocal', name, value)
         for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg)):
             check_cfg('NonLocal', name, value)
         self.in_channels = in_channels

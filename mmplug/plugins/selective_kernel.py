@@ -34,7 +34,14 @@ import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, constant_init, kaiming_init, normal_init
 
-from mmplug.layers import check_cfg, check_input, check_int, follow_module_mode, reduced_channels
+from mmplug.layers import (
+    check_cfg,
+    check_divisible,
+    check_input,
+    check_int,
+    follow_module_mode,
+    reduced_channels,
+)
 from mmplug.registry import MODELS
 
 
@@ -95,10 +102,7 @@ class SK(BaseModule):
         for name, value in (('in_channels', in_channels), ('groups', groups),
                             ('min_channels', min_channels)):
             check_int('SK', name, value)
-        if in_channels % groups != 0:
-            raise ValueError(
-                f'SK: in_channels ({in_channels}) must be divisible by groups ({groups}); '
-                f'choose groups among the divisors of {in_channels}')
+        check_divisible('SK', 'in_channels', in_channels, 'groups', groups)
         if not isinstance(dilations, (tuple, list)) or len(dilations) < 2 or any(
                 isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
             raise ValueError(

@@ -26,7 +26,7 @@ Deviations (same function in fp32):
 import torch
 from mmengine.model import BaseModule
 
-from mmplug.layers import check_input, check_int
+from mmplug.layers import check_divisible, check_input, check_int
 from mmplug.registry import MODELS
 
 # d sqrt(v)/dv is infinite at v = 0 (a constant group map, e.g. behind a zero-init BN).
@@ -89,10 +89,7 @@ class SGE(BaseModule):
         super().__init__(init_cfg=init_cfg)
         for name, value in (('in_channels', in_channels), ('groups', groups)):
             check_int('SGE', name, value)
-        if in_channels % groups != 0:
-            raise ValueError(
-                f'SGE: in_channels ({in_channels}) must be divisible by groups ({groups}); '
-                f'choose groups among the divisors of {in_channels}')
+        check_divisible('SGE', 'in_channels', in_channels, 'groups', groups)
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f'SGE: eps must be a positive float, got {eps!r}')
         self.in_channels = in_channels

@@ -30,6 +30,7 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.layers import (
+    check_bool,
     check_cfg,
     check_input,
     check_int,
@@ -95,8 +96,7 @@ class StripPooling(BaseModule):
         super().__init__(init_cfg=init_cfg)
         check_int('StripPooling', 'in_channels', in_channels)
         mid = reduced_channels('StripPooling', in_channels, rd_ratio, rd_channels, rd_divisor)
-        if not isinstance(identity_init, bool):
-            raise ValueError(f'StripPooling: identity_init must be a bool, got {identity_init!r}')
+        check_bool('StripPooling', 'identity_init', identity_init)
         for name, cfg in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg), ('act_cfg', act_cfg)):
             check_cfg('StripPooling', name, cfg)
         self.in_channels = in_channels
