@@ -63,7 +63,7 @@ def trigger_visualization_hook(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, _ = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     cfg.load_from = args.checkpoint
     check_checkpoint_is_safe(cfg.load_from)  # names what a refused checkpoint holds

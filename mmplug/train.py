@@ -79,7 +79,7 @@ def unfused_where_unsupported(cfg):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg, _ = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')

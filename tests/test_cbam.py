@@ -285,7 +285,9 @@ def test_inside_mmdet_resnet_with_config_plugins():
     plugins = [dict(cfg=dict(type='CBAM'), stages=(False, True, True, True),
                     position='after_conv3')]
     model = _mmdet_resnet(plugins, out_indices=(0, 1, 2, 3), norm_eval=True)
-    model.train()  # norm_eval: the plugins' BNs go to eval mode too
+    # mmdet's norm_eval puts every BN in eval mode, the plugins' included; each plugin sets
+    # its own BNs back to its mode at forward (tests/test_norm_eval.py).
+    model.train()
     cbams = {n: m for n, m in model.named_modules() if isinstance(m, CBAM)}
     assert len(cbams) == 4 + 6 + 3 and 'layer2.0.cbam' in cbams and 'layer1.0.cbam' not in cbams
     assert {m.in_channels for m in cbams.values()} == {512, 1024, 2048}

@@ -84,13 +84,7 @@ def _find_scope(root, scope):
         import_module(f'{scope}.registry')
     except Exception:  # not installed, or no registry module: then it is not in the tree
         pass
-    stack = [root]
-    while stack:
-        registry = stack.pop()
-        if registry.scope == scope:
-            return registry
-        stack.extend(registry.children.values())
-    return None
+    return next((r for r in _all_registries(root) if r.scope == scope), None)
 
 
 def _scoped(root, scope):

@@ -14,10 +14,8 @@ __all__ = ['load_tool_config']
 def load_tool_config(config, cfg_options=None, launcher='none', work_dir=None):
     """The config ``config`` (a path or ``mmplug::<path>``) with ``cfg_options`` merged,
     every model type checked, the short plugin form filled in, and ``work_dir`` set (the
-    argument, else the config's, else ``./work_dirs/<config name>``).
-
-    Returns:
-        tuple: ``(cfg, path)``, the config and the file it came from.
+    argument, else the config's, else ``./work_dirs/<config name>``); the file it came from
+    is ``cfg.filename``.
     """
     path = config_path(config)
     cfg = Config.fromfile(path)
@@ -30,4 +28,4 @@ def load_tool_config(config, cfg_options=None, launcher='none', work_dir=None):
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
-    return cfg, path
+    return cfg
