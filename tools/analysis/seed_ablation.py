@@ -18,6 +18,8 @@ import statistics
 import subprocess
 import sys
 
+from mmplug.analysis.report import write_outputs
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: Metrics shown, in order, where a run reports them.
 METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'mIoU', 'aAcc')
@@ -99,14 +101,9 @@ def main(argv=None):
                                                                f'seed{seed}')),
                 args.cfg_options) for seed in args.seeds]
     table = summarise(results)
-    text = to_markdown(table, args.seeds)
-    print(text, end='')
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump({osp.relpath(c, ROOT): r for c, r in results.items()}, f, indent=1)
+    write_outputs(to_markdown(table, args.seeds),
+                  {osp.relpath(c, ROOT): r for c, r in results.items()}, args.out, args.json,
+                  json_indent=1)
     return table
 
 

@@ -55,7 +55,6 @@ Examples::
     python tools/reproduce/coordconv_quadrant.py --smoke --out-dir /tmp/cc   # seconds
 """
 import argparse
-import json
 import math
 import os
 import os.path as osp
@@ -66,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmplug import CoordConv2d
+from mmplug.analysis.report import write_outputs
 from mmplug.analysis.timing import num_threads
 
 MODELS = ('deconv', 'conv', 'coordconv')
@@ -322,12 +322,8 @@ def main(argv=None):
                        threads=torch.get_num_threads(),
                        wall_time=time.perf_counter() - start)
     os.makedirs(args.out_dir, exist_ok=True)
-    table = to_markdown(results)
-    print(table, end='')
-    with open(osp.join(args.out_dir, f'{NAME}.md'), 'w', encoding='utf-8') as f:
-        f.write(table)
-    with open(osp.join(args.out_dir, f'{NAME}.json'), 'w', encoding='utf-8') as f:
-        json.dump(results, f, indent=2)
+    write_outputs(to_markdown(results), results, osp.join(args.out_dir, f'{NAME}.md'),
+                  osp.join(args.out_dir, f'{NAME}.json'))
     plot(results, curves, preds, split, osp.join(args.out_dir, f'{NAME}.png'))
     return results
 
