@@ -15,7 +15,7 @@ from mmengine.runner import Runner
 
 import mmplug  # noqa: F401  registers the modules and allows mmengine's checkpoints
 from mmplug.data import prepare_data
-from mmplug.engine import check_checkpoint_is_safe, load_tool_config
+from mmplug.engine import check_checkpoint_is_safe, destroy_process_group, load_tool_config
 
 
 def parse_args(argv=None):
@@ -91,6 +91,7 @@ def main(argv=None):
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
 
     runner.test()
+    destroy_process_group()  # after a finished run only (see its docstring)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from mmplug.data import prepare_data
 from mmplug.engine import (
     check_checkpoint_is_safe,
     check_pretrained,
+    destroy_process_group,
     find_resumable_checkpoint,
     load_tool_config,
     resolve_torchvision_urls,
@@ -114,6 +115,7 @@ def main(argv=None):
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    destroy_process_group()  # after a finished run only (see its docstring)
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from mmcv.cnn import build_norm_layer
 from torch import nn
 
+from mmplug.engine import destroy_process_group
 from mmplug.engine.cpu_distributed import CPUDistributedDataParallel
 from mmplug.engine.sync_bn import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
 
@@ -241,6 +242,19 @@ def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def test_destroy_process_group_ends_the_default_group():
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{_free_port()}', rank=0,
+                            world_size=1)
+    try:
+        assert dist.is_initialized()
+        destroy_process_group()
+        assert not dist.is_initialized()
+        destroy_process_group()  # no group: nothing to do
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _spnet_options(data_root, batch_size):

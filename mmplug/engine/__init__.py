@@ -19,6 +19,7 @@ from .config_check import UnknownTypeError, check_model_types, check_registered_
 from .cpu_distributed import CPUDistributedDataParallel, setup_cpu_distributed
 from .plugin_defaults import fill_plugin_positions
 from .pretrained import check_pretrained, pretrained_entries, resolve_torchvision_urls
+from .process_group import destroy_process_group
 from .sync_bn import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
 from .tool_config import load_tool_config
 
@@ -26,7 +27,7 @@ __all__ = [
     'AtomicCheckpointHook', 'AtomicLocalBackend', 'CPUDistributedDataParallel', 'CPUSyncBatchNorm',
     'UnknownTypeError', 'UnsafeCheckpointError', 'atomic_write', 'check_checkpoint_is_safe',
     'check_model_types', 'check_pretrained', 'check_registered_types', 'checkpoint_is_complete',
-    'convert_cpu_sync_batchnorm', 'fill_plugin_positions', 'find_resumable_checkpoint',
-    'get_rng_state', 'load_tool_config', 'pretrained_entries', 'resolve_torchvision_urls',
-    'set_rng_state', 'setup_cpu_distributed', 'use_atomic_checkpoints'
+    'convert_cpu_sync_batchnorm', 'destroy_process_group', 'fill_plugin_positions',
+    'find_resumable_checkpoint', 'get_rng_state', 'load_tool_config', 'pretrained_entries',
+    'resolve_torchvision_urls', 'set_rng_state', 'setup_cpu_distributed', 'use_atomic_checkpoints'
 ]
