@@ -5,14 +5,30 @@ Import as ``from _harness import ...`` (pytest puts ``tests/`` on ``sys.path``).
 """
 import copy
 import importlib
+import importlib.util
 import inspect
 import os
+import os.path as osp
 
 import pytest
 import torch
 from mmcv.cnn import build_plugin_layer
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+#: The repository root (tools/, configs/).
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(path):
+    """The script ``tools/<path>`` (e.g. ``'analysis/benchmark_plugins.py'``) as a module."""
+    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0],
+                                                  osp.join(ROOT, 'tools', path))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 def _newer_than_this_torch(what):
@@ -23,8 +39,6 @@ def _newer_than_this_torch(what):
 needs_onnx_dynamo = pytest.mark.skipif(
     'dynamo' not in inspect.signature(torch.onnx.export).parameters,
     reason=_newer_than_this_torch('torch.onnx.export(dynamo=...)'))
-needs_export_dims = pytest.mark.skipif(not hasattr(torch.export, 'Dim'),
-                                       reason=_newer_than_this_torch('torch.export.Dim'))
 needs_is_exporting = pytest.mark.skipif(not hasattr(torch.compiler, 'is_exporting'),
                                         reason=_newer_than_this_torch('torch.compiler.is_exporting'))
 needs_unsafe_globals_check = pytest.mark.skipif(
@@ -232,3 +246,30 @@ def assert_same(a, b, where='ckpt'):
             assert_same(x, y, f'{where}[{i}]')
     else:
         assert a == b, where
+
+
+def _layout(t):
+    """'nchw' or 'nhwc' for a 4-D activation held in one of them; None for anything else."""
+    if t.dim() != 4 or min(t.shape[1:]) < 2 or 0 in t.stride():
+        return None
+    if t.is_contiguous():
+        return 'nchw'
+    return 'nhwc' if t.is_contiguous(memory_format=torch.channels_last) else None
+
+
+class MixedLayouts(TorchDispatchMode):
+    """Records the ops that take NCHW and channels-last activations together: the CPU
+    kernels then read one of them with a large stride (an add of two such tensors costs
+    ~12x a plain one). A conv's weight is not an activation: only its input counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [a for a in tree_flatten((args, kwargs or {}))[0] if isinstance(a, torch.Tensor)]
+        if func is torch.ops.aten.convolution.default:
+            tensors = tensors[:1]
+        if len({_layout(t) for t in tensors} - {None}) > 1:
+            self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))

@@ -53,8 +53,6 @@ class ZooEntry:
             replacement) or ``'neck'`` (several levels in, several out).
         has_batchnorm: BN in train mode needs more than one value per channel,
             i.e. ``n * h * w > 1`` for every BN it contains.
-        uses_mmcv_ops: the module (or one of its paths) calls mmcv's compiled
-            ops, which neither ONNX nor torch.compile can trace.
         min_size: the smallest spatial size the module accepts.
         position: where it goes in an mmdet/mmseg ResNet: a plugin position
             (``'after_conv1'`` ... ``'after_conv3'``) or, for a conv, the ResNet argument
@@ -70,7 +68,6 @@ class ZooEntry:
     inputs: Callable
     kind: str = 'plugin'
     has_batchnorm: bool = False
-    uses_mmcv_ops: bool = False
     min_size: int = 1
     position: Optional[str] = None
     abbr: Optional[str] = None
@@ -457,7 +454,7 @@ def _entries():
         )),
         ZooEntry('DCNv2UnitMask',
                  dict(in_channels=16, out_channels=24, kernel_size=3, padding=1), _x(16),
-                 kind='conv', uses_mmcv_ops=True, position='dcn',
+                 kind='conv', position='dcn',
                  inits=(InitCase(_dcn_init),), invalid=(
                      (dict(in_channels=0, out_channels=8, kernel_size=3), ['in_channels', '0']),
                      (dict(in_channels=8, out_channels=8, kernel_size=0), ['kernel_size', '0']),

@@ -45,14 +45,6 @@ def _reference_aspp(x, block):
 # ------------------------------------------------------------------- arguments
 
 
-def test_block_wrong_input_named():
-    block = ASPPBlock(16, channels=8).eval()
-    with pytest.raises(ValueError, match=r'expected \[N, 16, H, W\], got \[1, 8, 5, 5\]'):
-        block(torch.randn(1, 8, 5, 5))
-    with pytest.raises(ValueError, match=r'got \[16, 5, 5\]'):
-        block(torch.randn(16, 5, 5))
-
-
 # ------------------------------------------------------------------- structure
 
 

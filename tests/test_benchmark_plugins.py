@@ -3,9 +3,7 @@ parity, the saved-bytes rule.
 
 Nothing here asserts a speed: smoke numbers are checked for structure and sanity only.
 """
-import importlib.util
 import json
-import os.path as osp
 import statistics
 
 import pytest
@@ -16,16 +14,12 @@ from mmplug.analysis import benchmark as bench
 from mmplug.analysis import peers
 from mmplug.plugins.se import SE
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import load_tool
 
 
 def _load_cli():
     """The command line, ``tools/analysis/benchmark_plugins.py``, as a module."""
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_plugins', osp.join(ROOT, 'tools', 'analysis', 'benchmark_plugins.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+    return load_tool('analysis/benchmark_plugins.py')
 
 
 cli = _load_cli()

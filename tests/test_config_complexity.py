@@ -4,7 +4,6 @@ deltas, DCN MACs, outputs.
 Also ``--speed`` of it and of ``module_overhead.py`` (the shared ``mmplug.analysis.timing``
 code): smoke-sized runs whose numbers are checked for structure only, never for speed.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -21,16 +20,12 @@ from mmplug.analysis import complexity as cc
 from mmplug.analysis import options, overhead, report, timing
 from mmplug.plugins import SGE
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT, load_tool
 
 
 def _load_cli(name):
     """The command line ``tools/analysis/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+    return load_tool(f'analysis/{name}.py')
 
 
 cc_cli = _load_cli('config_complexity')

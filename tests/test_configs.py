@@ -26,6 +26,8 @@ from mmplug.data import generate_cityscapes_shapes, generate_coco_shapes
 from mmplug.engine import pretrained_entries
 from mmplug.train import unfused_where_unsupported
 
+from _harness import build_model_in_scope
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 ALL_CONFIGS = sorted(
@@ -133,10 +135,7 @@ def _build(cfg, as_configured=False):
         _strip_pretrained(model_cfg)
         if cfg.default_scope == 'mmseg':
             model_cfg.data_preprocessor.size = SEG_SIZE
-    models, _ = _registries(cfg.default_scope)
-    with DefaultScope.overwrite_default_scope(cfg.default_scope):
-        model = models.build(model_cfg)
-    return revert_sync_batchnorm(model)
+    return revert_sync_batchnorm(build_model_in_scope(model_cfg, cfg.default_scope))
 
 
 def test_configs_are_found():

@@ -4,6 +4,10 @@
   the way a host builds it (a ResNet's plugin, mmcv's ``build_conv_layer``).
 * Plugins inside mmdet's ``ResNet`` and mmseg's ``ResNetV1c`` keep the shapes and train
   (forward and backward reach every plugin parameter).
+* The forward keeps PyTorch's default NCHW layout: it returns contiguous tensors and no op
+  mixes NCHW with channels-last activations (a slow path on the CPU).
+* A plugin given a wrong input (not a tensor, not 4-D, other channels, integers) raises an
+  error that names the plugin and what was wrong.
 * Two plugins at one position are both applied, in order (an old mmdet bug applied only the
   last one; mmseg 1.2.2 still does, see the test at the end).
 * The module's own init survives its host's ``init_cfg``.
@@ -26,13 +30,14 @@ import mmplug  # noqa: F401  (registers every module)
 
 from _harness import (
     HOST_INIT_CFG,
+    MixedLayouts,
     build_model_in_scope,
     build_plugin_in_scope,
     mmdet_resnet,
     mmseg_resnet,
     randomize_,
 )
-from _module_zoo import ZOO
+from _module_zoo import ZOO, make, run
 
 SCOPES = ['mmdet', 'mmseg']
 HOSTS = {'mmdet': mmdet_resnet, 'mmseg': mmseg_resnet}
@@ -130,6 +135,31 @@ def test_plugin_output_may_be_modified_in_place(name):
     out += 1.0
     out.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('name', list(ZOO))
+def test_forward_keeps_the_nchw_layout(name):
+    # A channels-last view inside a module (e.g. a transposed [N, HW, C] reshaped back to
+    # [N, C, H, W]) carries through a conv and meets an NCHW tensor in an elementwise op.
+    module, inputs = make(name, n=2, h=12, w=10)
+    with MixedLayouts() as mixed:
+        outs = run(name, module, inputs)
+    assert not mixed.ops, f'{name} mixes NCHW and channels-last in {sorted(mixed.ops)}'
+    assert all(o.is_contiguous() for o in outs)
+
+
+@pytest.mark.parametrize('name', PLUGINS)
+def test_plugin_wrong_input_is_named(name):
+    module = ZOO[name].build()
+    c = module.in_channels
+    cases = [((torch.randn(2, c, 6, 6), ), TypeError, 'tensor, got tuple'),
+             (torch.randn(c, 6, 6), ValueError, f'got input shape ({c}, 6, 6)'),
+             (torch.randn(2, c + 1, 6, 6), ValueError, f'expected {c} input channels, got {c + 1}'),
+             (torch.ones(2, c, 6, 6, dtype=torch.long), TypeError, 'input dtype torch.int64')]
+    for x, error, words in cases:
+        with pytest.raises(error) as info:
+            module(x)
+        assert str(info.value).startswith(f'{name}: ') and words in str(info.value)
 
 
 def _two_plugins(scope, entry):

@@ -121,11 +121,14 @@ def test_asff_batch_sizes_must_agree():
 def test_block_inputs(name):
     cls, small = BLOCKS[name]
     block = cls(6, **small).eval()
-    with pytest.raises(ValueError, match=rf'^{name}: expected (a )?\[N, 6, H, W\]( input)?, got '
-                       r'\[1, 5, 4, 4\]'):
+    with pytest.raises(ValueError, match=rf'^{name}: expected 6 input channels, got 5 '
+                       r'\(input shape \(1, 5, 4, 4\)\)'):
         block(torch.randn(1, 5, 4, 4))
-    with pytest.raises(ValueError, match=rf'^{name}: expected .*\[N, 6, H, W\].*got \[6, 4, 4\]'):
+    with pytest.raises(ValueError, match=rf'^{name}: expected a 4-D input \[N, 6, H, W\], got '
+                       r'input shape \(6, 4, 4\)'):
         block(torch.randn(6, 4, 4))
+    with pytest.raises(TypeError, match=rf'^{name}: expected a floating-point input'):
+        block(torch.ones(1, 6, 4, 4, dtype=torch.long))
     with pytest.raises(TypeError, match=rf'^{name}: expected a \[N, 6, H, W\] tensor, got tuple'):
         block((torch.randn(1, 6, 4, 4), ))
 

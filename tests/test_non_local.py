@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmplug.plugins.non_local import NonLocal
 
 from _harness import (
+    MixedLayouts,
     assert_grads_reach_every_parameter,
     needs_cpu_flash_attention,
     randomize_,
@@ -75,6 +76,19 @@ def test_shape_preserved_and_matches_equations(shape, sub_sample, device):
     out = nl(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
     torch.testing.assert_close(out, _reference_non_local(x, nl), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('sub_sample', [False, True])
+def test_channels_last_input_stays_channels_last(sub_sample):
+    # The attention output is a channels-last view: it goes to the output conv as it is
+    # for a channels-last x, and as an NCHW copy for an NCHW x (test_contract.py).
+    nl = randomize_(NonLocal(16, sub_sample=sub_sample), scale=0.3)
+    x = torch.randn(2, 16, 7, 6)
+    with MixedLayouts() as mixed:
+        out = nl(x.contiguous(memory_format=torch.channels_last))
+    assert not mixed.ops, sorted(mixed.ops)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, nl(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('norm_cfg', [None, dict(type='BN')])

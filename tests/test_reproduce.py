@@ -4,25 +4,20 @@ The smoke runs are tiny (seconds); they check the structure of the outputs and t
 direction of each result where even a tiny run shows it (CoordConv solves the held-out
 quadrant, the plain conv cannot), not the paper's numbers.
 """
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 import torch
 
 from mmplug import BlurConv2d, BlurPool2d
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import load_tool
+
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', 'reproduce', f'{name}.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool(f'reproduce/{name}.py')
 
 
 def _assert_png(path):
@@ -176,14 +171,16 @@ def test_shift_consistency_variants_without_blur_equal_the_plain_network(variant
         assert not torch.allclose(smooth(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
-def test_shift_consistency_noise_mode_resnet(tmp_path):
+@pytest.mark.parametrize('model', [[], ['--model', 'resnet18', '--width', '8']])
+def test_shift_consistency_noise_mode(model, tmp_path):
     results = _load('shift_consistency').main(
-        ['--model', 'resnet18', '--width', '8', '--pairs', '4', '--size', '32', '--max-shift',
-         '3', '--batch', '4', '--out', str(tmp_path / 'res.json')])
+        model + ['--pairs', '4', '--size', '32', '--max-shift', '3', '--batch', '4', '--out',
+                 str(tmp_path / 'res.json')])
     assert set(results) == {'plain', 'blur', 'blur_first'}
     for res in results.values():
         assert 0 <= res['consistency'] <= 1 and -1 <= res['cosine'] <= 1
-    assert (tmp_path / 'res.json').exists()
+    with open(tmp_path / 'res.json', encoding='utf-8') as f:
+        assert json.load(f)['results'] == results
 
 
 @pytest.mark.parametrize('argv, words', [

@@ -1,15 +1,11 @@
 """tools/analysis/seed_ablation.py: metrics read from the runs' logs, mean +- std per config."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    'seed_ablation', osp.join(ROOT, 'tools', 'analysis', 'seed_ablation.py'))
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+from _harness import load_tool
+
+ablation = load_tool('analysis/seed_ablation.py')
 
 
 def _log(work_dir, stamp, entries):

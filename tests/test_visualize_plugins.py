@@ -7,7 +7,6 @@ hold more than one colour. One mmdet config carries SE, CBAM, SGE, NonLocal, Str
 and mmcv's DCNv2 at once; the DCN+ASFF demo covers DCNv2UnitMask and ASFF; the SPNet demo covers
 StripPooling and MPMBlock in mmseg.
 """
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -22,16 +21,14 @@ from mmplug.analysis.figures import draw_probe
 from mmplug.analysis.probes import VisualizeError, find_probes
 from mmplug.analysis.visualize import run
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT, load_tool
+
 CLI = osp.join(ROOT, 'tools', 'analysis', 'visualize_plugins.py')
 
 
 def _load_cli():
     """The command line, ``tools/analysis/visualize_plugins.py``, as a module."""
-    spec = importlib.util.spec_from_file_location('visualize_plugins', CLI)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
+    return load_tool('analysis/visualize_plugins.py')
 
 
 DCN_ASFF = osp.join(ROOT, 'configs/faster_rcnn_r50_dcn_asff_demo_coco-shapes.py')

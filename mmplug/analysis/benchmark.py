@@ -63,7 +63,7 @@ from torch import nn
 from mmplug.analysis.macs import count_macs
 from mmplug.analysis.peers import MODULES
 from mmplug.analysis.report import MIB, fmt, fmt_ratio
-from mmplug.analysis.timing import progress_bar, round_robin, timer
+from mmplug.analysis.timing import peak_bytes, progress_bar, round_robin, timer
 
 #: Feature levels: name -> (channels, stride). c2-c5: ResNet-50 stage outputs;
 #: p3: an FPN level (256 channels).
@@ -217,17 +217,14 @@ def _setup(candidate, inputs, grad_inputs, device, ours, dtype=None, compile_bac
         module = candidate.build().to(device).train()
         row['params'] = sum(p.numel() for p in module.parameters())
         row['macs'] = count_macs(module, lambda: module(*inputs))[0]
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        with _autocast(device, dtype):
-            row['saved_bytes'], out = saved_tensor_bytes(module, grad_inputs)
-        _loss(out).backward()
-        del out
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-            row['peak_bytes'] = torch.cuda.max_memory_allocated(device) - before
+
+        def forward_backward():
+            with _autocast(device, dtype):
+                saved, out = saved_tensor_bytes(module, grad_inputs)
+            _loss(out).backward()
+            return saved
+
+        row['saved_bytes'], row['peak_bytes'] = peak_bytes(forward_backward, device)
         if candidate.parity is not None and ours is not None:
             row['parity'] = check_parity(ours, module, candidate.parity, inputs)
         timed = module if compile_backend is None else torch.compile(module,

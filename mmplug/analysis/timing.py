@@ -22,8 +22,8 @@ import time
 
 import torch
 
-__all__ = ['device_name', 'forward_speed', 'num_threads', 'progress_bar', 'quartiles',
-           'round_robin', 'timer']
+__all__ = ['device_name', 'forward_speed', 'num_threads', 'peak_bytes', 'progress_bar',
+           'quartiles', 'round_robin', 'timer']
 
 
 def timer(device):
@@ -44,6 +44,20 @@ def timer(device):
             fn()
             return (time.perf_counter() - start) * 1e3
     return timed
+
+
+def peak_bytes(fn, device):
+    """Call ``fn()``; return its result and, on CUDA, the peak memory allocated during the
+    call above what was allocated before it (activations and workspace, not the weights
+    already there), else None."""
+    if device.type != 'cuda':
+        return fn(), None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    return result, torch.cuda.max_memory_allocated(device) - before
 
 
 def round_robin(keys, measure, warmup, repeats, on_round=None, shuffle=False, seed=0):
@@ -122,12 +136,7 @@ def forward_speed(forwards, images, device, warmup, repeats, baseline=None, on_r
     with torch.no_grad():
         if device.type == 'cuda':  # one untimed forward each, before the rounds
             for name, forward in forwards.items():
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                before = torch.cuda.memory_allocated(device)
-                forward()
-                torch.cuda.synchronize(device)
-                peaks[name] = torch.cuda.max_memory_allocated(device) - before
+                peaks[name] = peak_bytes(forward, device)[1]
         samples = round_robin(list(forwards), lambda name: timed(forwards[name]), warmup,
                               repeats, on_round, shuffle=shuffle)
     rows = {}

@@ -18,11 +18,12 @@ paper's module.
 import math
 
 import torch
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.layers import (
+    build_act,
     check_bool,
     check_cfg,
     check_conv_input,
@@ -113,16 +114,12 @@ class GhostConv2d(BaseModule):
                                     dw_size // 2, groups=init_channels, bias=bias)
         self.primary_norm = self._norm(norm_cfg, init_channels)
         self.cheap_norm = self._norm(norm_cfg, init_channels * (ratio - 1))
-        self.primary_act = self._act(act_cfg)
-        self.cheap_act = self._act(act_cfg)
+        self.primary_act = build_act(act_cfg)
+        self.cheap_act = build_act(act_cfg)
 
     @staticmethod
     def _norm(norm_cfg, channels):
         return nn.Identity() if norm_cfg is None else build_norm_layer(norm_cfg, channels)[1]
-
-    @staticmethod
-    def _act(act_cfg):
-        return nn.Identity() if act_cfg is None else build_activation_layer(act_cfg)
 
     def forward(self, x):
         check_conv_input(type(self).__name__, x, self.in_channels, self.kernel_size,

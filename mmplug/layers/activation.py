@@ -1,8 +1,16 @@
-"""The last activation of a block whose output a host may modify in place."""
+"""Activations from configs, and the last activation of a block whose output a host may
+modify in place."""
 import torch
+from mmcv.cnn import build_activation_layer
 from torch import nn
 
-__all__ = ['activate']
+__all__ = ['activate', 'build_act']
+
+
+def build_act(act_cfg):
+    """The activation ``act_cfg`` describes (mmcv's registry, on a copy of the dict), or
+    ``nn.Identity()`` for ``act_cfg=None``."""
+    return nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
 
 
 def activate(act, x):

@@ -1,5 +1,6 @@
 """Argument checks shared by the modules: each error names the module, the argument,
 what was expected and the value given."""
+import torch
 from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
@@ -46,6 +47,16 @@ def check_int_pair(owner, name, value, minimum=1):
     return tuple(pair)
 
 
+def check_int_tuple(owner, name, value, meaning):
+    """Return ``value`` as a tuple if it is a non-empty list/tuple of positive ints, else
+    raise ``ValueError`` (``meaning``: what the entries are, for the message)."""
+    if not isinstance(value, (list, tuple)) or len(value) == 0 or not all(
+            _is_int(v, 1) for v in value):
+        raise ValueError(f'{owner}: {name} must be a non-empty tuple of positive ints '
+                         f'({meaning}), got {value!r}')
+    return tuple(value)
+
+
 def check_conv_channels(owner, in_channels, out_channels, groups):
     """``in_channels``, ``out_channels`` and ``groups`` positive ints, ``groups``
     dividing both (the checks ``nn.Conv2d`` makes, with the module's name)."""
@@ -81,9 +92,13 @@ def check_input(owner, x, channels):
 
     For the first line of a ``forward``: plain comparisons on ``x.dim()``,
     ``x.dtype`` and ``x.shape`` (no tensor ops), so tracing, ``torch.compile``
-    and ONNX export see no extra graph. A wrong ndim raises ``ValueError``, an
-    integer/bool dtype ``TypeError``, a wrong channel count ``ValueError``.
+    and ONNX export see no extra graph. Anything but a tensor (e.g. a neck's tuple of
+    levels) and an integer/bool dtype raise ``TypeError``; a wrong ndim or channel
+    count ``ValueError``.
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{owner}: expected a [N, {channels}, H, W] tensor, got '
+                        f'{type(x).__name__}')
     if x.dim() != 4:
         raise ValueError(f'{owner}: expected a 4-D input [N, {channels}, H, W], got input '
                          f'shape {tuple(x.shape)}')

@@ -30,10 +30,19 @@ Deviations:
 """
 import torch
 import torch.nn as nn
-from mmcv.cnn import ConvModule, build_activation_layer
+from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
-from mmplug.layers import activate, check_bool, check_cfg, check_int, check_odd
+from mmplug.layers import (
+    activate,
+    build_act,
+    check_bool,
+    check_cfg,
+    check_input,
+    check_int,
+    check_int_tuple,
+    check_odd,
+)
 from mmplug.necks.per_level import PerLevelNeck
 from mmplug.registry import MODELS
 
@@ -42,10 +51,8 @@ def _check_block_args(owner, channels, dilations, image_pool, proj_kernel_size, 
                       conv_cfg, norm_cfg, act_cfg):
     """Validate the block arguments; return ``dilations`` as a tuple."""
     check_int(owner, 'channels', channels)
-    if not isinstance(dilations, (list, tuple)) or len(dilations) == 0 or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
-        raise ValueError(f'{owner}: dilations must be a non-empty tuple of positive ints (one '
-                         f'branch per rate, 1 gives the 1x1 branch), got {dilations!r}')
+    dilations = check_int_tuple(owner, 'dilations', dilations,
+                                'one branch per rate, 1 gives the 1x1 branch')
     check_bool(owner, 'image_pool', image_pool)
     check_odd(owner, 'proj_kernel_size', proj_kernel_size,
               why='1 as the paper, 3 as mmseg; keeps H x W')
@@ -56,7 +63,7 @@ def _check_block_args(owner, channels, dilations, image_pool, proj_kernel_size, 
     check_cfg(owner, 'conv_cfg', conv_cfg)
     check_cfg(owner, 'norm_cfg', norm_cfg)
     check_cfg(owner, 'act_cfg', act_cfg)
-    return tuple(dilations)
+    return dilations
 
 
 @MODELS.register_module()
@@ -133,7 +140,7 @@ class ASPPBlock(BaseModule):
         self.bottleneck = ConvModule(num_branches * channels, out_channels, proj_kernel_size,
                                      padding=proj_kernel_size // 2,
                                      **dict(convs, act_cfg=None))
-        self.act = nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
+        self.act = build_act(act_cfg)
         self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
 
     def init_weights(self):
@@ -174,12 +181,7 @@ class ASPPBlock(BaseModule):
         return block.to(head.bottleneck.conv.weight.device)
 
     def forward(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'ASPPBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
-                            f'{type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'ASPPBlock: expected [N, {self.in_channels}, H, W], got '
-                             f'{list(x.shape)}')
+        check_input('ASPPBlock', x, self.in_channels)
         outs = []
         if self.with_image_pool:
             outs.append(self.image_pool(x).expand(-1, -1, *x.shape[2:]))  # [N, C_b, H, W]

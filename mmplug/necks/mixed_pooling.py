@@ -29,14 +29,16 @@ Deviations (choices the paper leaves open match the release):
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import ConvModule, build_activation_layer
+from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.layers import (
     activate,
+    build_act,
     check_bool,
     check_cfg,
+    check_input,
     check_int,
     check_int_pair,
     reduced_channels,
@@ -45,10 +47,6 @@ from mmplug.layers import (
 )
 from mmplug.necks.per_level import PerLevelNeck
 from mmplug.registry import MODELS
-
-
-def _act(act_cfg):
-    return nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
 
 
 class _PyramidContext(nn.Module):
@@ -63,7 +61,7 @@ class _PyramidContext(nn.Module):
                 nn.AdaptiveAvgPool2d(size),
                 ConvModule(channels, channels, 3, padding=1, act_cfg=None, **layer))
             for size in pool_sizes)
-        self.act = _act(act_cfg)
+        self.act = build_act(act_cfg)
         self.fuse = ConvModule(channels, channels, 3, padding=1, act_cfg=act_cfg, **layer)
 
     def forward(self, y):
@@ -81,7 +79,7 @@ class _StripContext(nn.Module):
     def __init__(self, channels, layer, act_cfg):
         super().__init__()
         self.conv_h, self.conv_w = strip_convs(channels, **layer)
-        self.act = _act(act_cfg)
+        self.act = build_act(act_cfg)
         self.fuse = ConvModule(channels, channels, 3, padding=1, act_cfg=act_cfg, **layer)
 
     def forward(self, z):
@@ -177,7 +175,7 @@ class MPMBlock(BaseModule):
         self.expand = ConvModule(2 * mid, out_channels, 1, act_cfg=None, **layer)
         self.shortcut = nn.Identity() if out_channels == in_channels else ConvModule(
             in_channels, out_channels, 1, act_cfg=None, **layer)
-        self.act = _act(act_cfg)
+        self.act = build_act(act_cfg)
         self._reset()
 
     def _reset(self):
@@ -197,12 +195,7 @@ class MPMBlock(BaseModule):
             self._reset()
 
     def forward(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'MPMBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
-                            f'{type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'MPMBlock: expected a [N, {self.in_channels}, H, W] input, got '
-                             f'{list(x.shape)}')
+        check_input('MPMBlock', x, self.in_channels)
         short = self.short_range(self.reduce_short(x))  # [N, C', H, W]
         long = self.long_range(self.reduce_long(x))  # [N, C', H, W]
         out = self.expand(torch.cat([short, long], dim=1))  # [N, 2C', H, W] -> [N, C_out, H, W]

@@ -37,21 +37,22 @@ import copy
 import math
 
 import torch
-from mmcv.cnn import ConvModule, build_activation_layer
+from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule, constant_init, kaiming_init
 from torch import nn
 
-from mmplug.layers import activate, check_cfg, check_int, check_variant_keys, reduced_channels
+from mmplug.layers import (
+    activate,
+    build_act,
+    check_cfg,
+    check_input,
+    check_int,
+    check_int_tuple,
+    check_variant_keys,
+    reduced_channels,
+)
 from mmplug.necks.per_level import PerLevelNeck
 from mmplug.registry import MODELS
-
-
-def _check_dilations(owner, branch_dilations):
-    if not isinstance(branch_dilations, (tuple, list)) or len(branch_dilations) == 0 or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in branch_dilations):
-        raise ValueError(f'{owner}: branch_dilations must be a non-empty tuple of positive ints '
-                         f'(one dilation per branch), got {branch_dilations!r}')
-    return tuple(branch_dilations)
 
 
 def _check_scale(owner, residual_scale):
@@ -141,7 +142,8 @@ class RFBBlock(BaseModule):
             out_channels = in_channels
         check_int(owner, 'out_channels', out_channels)
         mid = reduced_channels(owner, in_channels, rd_ratio, rd_channels, rd_divisor)
-        self.branch_dilations = _check_dilations(owner, branch_dilations)
+        self.branch_dilations = check_int_tuple(owner, 'branch_dilations', branch_dilations,
+                                                'one dilation per branch')
         if variant == 'release' and len(self.branch_dilations) != 3:
             raise ValueError(f"{owner}: variant='release' has three branches, so "
                              f'branch_dilations needs 3 rates, got {branch_dilations!r}')
@@ -184,8 +186,7 @@ class RFBBlock(BaseModule):
         self.fuse = conv(fused, out_channels, 1, act=False)
         self.shortcut = nn.Identity() if variant == 'paper' and in_channels == out_channels \
             else conv(in_channels, out_channels, 1, act=False)
-        self.act = nn.Identity() if act_cfg is None else build_activation_layer(
-            copy.deepcopy(act_cfg))
+        self.act = build_act(act_cfg)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_variant_keys(self, state_dict, prefix,
@@ -207,12 +208,7 @@ class RFBBlock(BaseModule):
                 constant_init(m, 1, bias=0)
 
     def forward(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'RFBBlock: expected a [N, {self.in_channels}, H, W] tensor, got '
-                            f'{type(x).__name__}')
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'RFBBlock: expected a [N, {self.in_channels}, H, W] input, got '
-                             f'{list(x.shape)}')
+        check_input('RFBBlock', x, self.in_channels)
         feats = torch.cat([branch(x) for branch in self.branches], dim=1)  # [N, B*C_mid, H, W]
         return activate(self.act, self.shortcut(x) + self.residual_scale * self.fuse(feats))
 

@@ -31,11 +31,12 @@ do not fire). fightingcv-attention's ``CBAMBlock`` is this block with
 """
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.layers import (
+    build_act,
     check_bool,
     check_cfg,
     check_input,
@@ -109,7 +110,7 @@ class CBAM(BaseModule):
         self.kernel_size = kernel_size
         # Channel attention: one MLP shared by the avg- and max-pooled descriptors.
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
-        self.act = nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
+        self.act = build_act(act_cfg)
         self.fc2 = nn.Conv2d(hidden, in_channels, 1)
         # Spatial attention over [max; mean] of the channels.
         self.spatial_conv = nn.Identity() if no_spatial else nn.Conv2d(

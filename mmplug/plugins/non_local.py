@@ -171,4 +171,8 @@ class NonLocal(BaseModule):
         # y_i = sum_j softmax_j(theta_i . phi_j * scale) g_j
         y = F.scaled_dot_product_attention(*self._qkv(x), scale=self.scale)  # [N, 1, HW, C']
         y = y.squeeze(1).transpose(1, 2).reshape(n, self.inter_channels, h, w)  # [N, C', H, W]
+        if x.is_contiguous():
+            # y is a channels-last view and conv_out's output would be too: summed with an
+            # NCHW x (mixed layouts) that costs ~12x a plain add on the CPU.
+            y = y.contiguous()
         return x + self.conv_out(y)  # z = W_z y + x

@@ -25,7 +25,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn import functional as F
 
-from mmplug.layers import check_cfg, check_input, check_int, reduced_channels
+from mmplug.layers import build_act, check_cfg, check_input, check_int, reduced_channels
 from mmplug.registry import MODELS
 
 
@@ -79,7 +79,7 @@ class SE(BaseModule):
         self.in_channels = in_channels
         self.rd_channels = hidden
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
-        self.act = nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
+        self.act = build_act(act_cfg)
         self.fc2 = nn.Conv2d(hidden, in_channels, 1)
         self.gate = build_activation_layer(dict(gate_cfg))
         self._reset_fc()

@@ -25,11 +25,12 @@ Deviations (ours, off by default unless noted):
   stage the plugin is frozen at its init.
 """
 import torch
-from mmcv.cnn import ConvModule, build_activation_layer
+from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import nn
 
 from mmplug.layers import (
+    build_act,
     check_bool,
     check_cfg,
     check_input,
@@ -108,7 +109,7 @@ class StripPooling(BaseModule):
             in_channels, mid, 1, act_cfg=act_cfg, **layer)
         # 1-D convs along each strip, BN, no activation before the sum.
         self.conv_h, self.conv_w = strip_convs(mid, conv_cfg, norm_cfg)
-        self.act = nn.Identity() if act_cfg is None else build_activation_layer(dict(act_cfg))
+        self.act = build_act(act_cfg)
         self.fuse = ConvModule(mid, in_channels, 1, conv_cfg=conv_cfg, norm_cfg=None,
                                act_cfg=None)
         self._reset()

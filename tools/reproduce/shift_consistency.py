@@ -72,6 +72,7 @@ from mmcv.cnn import ConvModule
 from torch import nn
 
 from mmplug import BlurConv2d, BlurPool2d  # noqa: F401  registers BlurConv2d
+from mmplug.analysis.report import write_outputs
 from mmplug.analysis.timing import num_threads
 from mmplug.data import generate_coco_shapes
 
@@ -307,7 +308,6 @@ def evaluate(net, crops, labels, args):
                                        args.size)).softmax(1)
                           for s in range(0, n, args.batch)])
 
-    centre = probs(torch.full((n, 2), shift // 2)).argmax(1)
     gen = torch.Generator().manual_seed(args.seed + 1)  # the same pairs for every variant
     agree, correct = [], []
     for _ in range(args.pairs_per_object):
@@ -321,6 +321,8 @@ def evaluate(net, crops, labels, args):
         base = p.argmax(1) if base is None else base
         p_right.append(p[torch.arange(n), labels].mean().item())
         same.append((p.argmax(1) == base).float().mean().item())
+        if d == shift // 2:
+            centre = p.argmax(1)  # the centre crop
     return dict(accuracy=(centre == labels).float().mean().item(),
                 consistency=torch.cat(agree).float().mean().item(),
                 random_crop_accuracy=torch.cat(correct).float().mean().item(),
@@ -475,18 +477,16 @@ def main(argv=None):
             print(f'{"variant":<12}{"consistency":>12}{"cosine":>10}')
             for variant, res in results.items():
                 print(f'{variant:<12}{res["consistency"]:>12.4f}{res["cosine"]:>10.4f}')
+            if args.out:
+                write_outputs('', dict(args=vars(args), results=results, wall_time=wall_time),
+                              json_path=args.out)
         else:
-            table = to_markdown(results, meta, args, wall_time)
-            print(table, end='')
             os.makedirs(args.out_dir, exist_ok=True)
-            with open(osp.join(args.out_dir, f'{NAME}.md'), 'w', encoding='utf-8') as f:
-                f.write(table)
-            plot(results, args, osp.join(args.out_dir, f'{NAME}.png'))
             args.out = args.out or osp.join(args.out_dir, f'{NAME}.json')
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as f:
-            json.dump(dict(args=vars(args), results=results, wall_time=wall_time,
-                           **({} if args.data == 'noise' else dict(meta=meta))), f, indent=2)
+            write_outputs(to_markdown(results, meta, args, wall_time),
+                          dict(args=vars(args), results=results, wall_time=wall_time, meta=meta),
+                          osp.join(args.out_dir, f'{NAME}.md'), args.out)
+            plot(results, args, osp.join(args.out_dir, f'{NAME}.png'))
     return results
 
 
