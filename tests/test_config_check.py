@@ -18,7 +18,8 @@ from mmplug.engine.config_check import (
 )
 from mmplug.necks.asff import ASFF
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT
+
 SGE_DET = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py')
 SGE_DEMO = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py')
 ASPP_SEG = osp.join(ROOT, 'configs/aspp/deeplabv3_r50-d8-aspp-neck_4xb2-40k_cityscapes-512x1024.py')

@@ -26,9 +26,8 @@ from mmplug.data import generate_cityscapes_shapes, generate_coco_shapes
 from mmplug.engine import pretrained_entries
 from mmplug.train import unfused_where_unsupported
 
-from _harness import build_model_in_scope
+from _harness import ROOT, build_model_in_scope
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'configs')
 ALL_CONFIGS = sorted(
     osp.relpath(p, CONFIG_DIR) for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'),

@@ -21,7 +21,7 @@ from mmplug.engine import destroy_process_group
 from mmplug.engine.cpu_distributed import CPUDistributedDataParallel
 from mmplug.engine.sync_bn import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT
 
 # (per-rank batch sizes, input shape after the batch dim, dtype, momentum)
 CASES = [

@@ -31,9 +31,8 @@ from mmplug.engine.atomic_checkpoint import (
     set_rng_state,
 )
 
-from _harness import assert_same, needs_unsafe_globals_check
+from _harness import ROOT, assert_same, needs_unsafe_globals_check
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: Safe loading of mmengine's checkpoints needs the allow-list (torch >= 2.6); older torch
 #: cannot allow-list mmengine's objects, so these tests load their own checkpoints plainly.
 WEIGHTS_ONLY = mmplug.allow_mmengine_checkpoints()

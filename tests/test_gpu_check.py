@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT
 
 
 def test_dry_run_on_cpu_logs_every_step(tmp_path):

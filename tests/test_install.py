@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT
 
 
 def _run(args, **kwargs):

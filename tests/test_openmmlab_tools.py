@@ -5,9 +5,8 @@ from functools import partial
 import torch
 from mmengine.config import Config
 
-from _harness import build_model_in_scope
+from _harness import ROOT, build_model_in_scope
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MAIN = osp.join(ROOT, 'configs/faster_rcnn_r50_dcn_asff.py')
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from _harness import ROOT
+
 DEMO = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_demo_coco-shapes.py')
 REAL = osp.join(ROOT, 'configs/sge/faster-rcnn_r50-sge-c3-c5_fpn_1x_coco.py')
 
