@@ -112,7 +112,9 @@ def test_shift_consistency_shapes_writes_table_json_and_figure(shapes_run):
     assert 'rectangle, ellipse, triangle, star' in table and 'Smoke run.' in table
     with open(out / 'shift_consistency.json', encoding='utf-8') as f:
         saved = json.load(f)
+    assert set(saved) == {'args', 'results', 'wall_time', 'meta'}
     assert saved['results'] == results and saved['meta']['num_val'] > 0
+    assert saved['args']['data'] == 'shapes' and saved['wall_time'] > 0
     _assert_png(out / 'shift_consistency.png')
 
 
@@ -180,7 +182,9 @@ def test_shift_consistency_noise_mode(model, tmp_path):
     for res in results.values():
         assert 0 <= res['consistency'] <= 1 and -1 <= res['cosine'] <= 1
     with open(tmp_path / 'res.json', encoding='utf-8') as f:
-        assert json.load(f)['results'] == results
+        saved = json.load(f)
+    assert set(saved) == {'args', 'results', 'wall_time'}
+    assert saved['results'] == results and saved['args']['pairs'] == 4
 
 
 @pytest.mark.parametrize('argv, words', [

@@ -28,7 +28,9 @@ function, names and init; configs and ``sub_sample=False`` checkpoints swap):
 * ``sub_sample`` pools with ``ceil_mode=True`` (mmcv drops an odd last
   row/column) and keeps flat ``g.conv`` keys.
 * ``F.scaled_dot_product_attention`` keeps ``O(HW)`` memory for backward
-  (mmcv: the ``HW x HW`` matrix).
+  (mmcv: the ``HW x HW`` matrix): ``5 C' HW`` floats per image against mmcv's
+  ``4 C' HW + (HW)^2``, less once ``HW > C'`` (e.g. above 23x23 at c4's
+  ``C' = 512``; a detector's c4 map for an 800x1333 image has 50x84).
 * With ``norm_cfg`` the norm follows the plugin's own train/eval mode, not the
   host's ``norm_eval`` (``mmplug.layers.norm_mode``); inside a
   ``frozen_stages`` stage the plugin is frozen at its init.
@@ -171,8 +173,9 @@ class NonLocal(BaseModule):
         # y_i = sum_j softmax_j(theta_i . phi_j * scale) g_j
         y = F.scaled_dot_product_attention(*self._qkv(x), scale=self.scale)  # [N, 1, HW, C']
         y = y.squeeze(1).transpose(1, 2).reshape(n, self.inter_channels, h, w)  # [N, C', H, W]
-        if x.is_contiguous():
+        if not x.is_contiguous(memory_format=torch.channels_last):
             # y is a channels-last view and conv_out's output would be too: summed with an
-            # NCHW x (mixed layouts) that costs ~12x a plain add on the CPU.
+            # NCHW x (mixed layouts) that costs ~12x a plain add on the CPU. The copy is
+            # saved for conv_out's backward (C' x HW per image).
             y = y.contiguous()
         return x + self.conv_out(y)  # z = W_z y + x
