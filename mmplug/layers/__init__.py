@@ -25,10 +25,8 @@ from .variants import check_variant_keys
 
 __all__ = [
     'Blur', 'InputSizeError', 'PAD_MODES', 'activate', 'binomial_filter', 'build_act',
-    'check_blur_args',
-    'check_bool', 'check_cfg', 'check_conv_channels', 'check_conv_input', 'check_divisible',
-    'check_input', 'check_int', 'check_int_pair', 'check_int_tuple', 'check_odd',
-    'check_variant_keys',
-    'coord_channels', 'follow_module_mode', 'is_tracing', 'make_divisible', 'num_coords',
-    'reduced_channels', 'strip_convs', 'strip_pool'
+    'check_blur_args', 'check_bool', 'check_cfg', 'check_conv_channels', 'check_conv_input',
+    'check_divisible', 'check_input', 'check_int', 'check_int_pair', 'check_int_tuple',
+    'check_odd', 'check_variant_keys', 'coord_channels', 'follow_module_mode', 'is_tracing',
+    'make_divisible', 'num_coords', 'reduced_channels', 'strip_convs', 'strip_pool'
 ]

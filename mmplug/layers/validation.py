@@ -47,13 +47,14 @@ def check_int_pair(owner, name, value, minimum=1):
     return tuple(pair)
 
 
-def check_int_tuple(owner, name, value, meaning):
-    """Return ``value`` as a tuple if it is a non-empty list/tuple of positive ints, else
-    raise ``ValueError`` (``meaning``: what the entries are, for the message)."""
-    if not isinstance(value, (list, tuple)) or len(value) == 0 or not all(
+def check_int_tuple(owner, name, value, meaning, min_len=1):
+    """Return ``value`` as a tuple if it is a list/tuple of at least ``min_len`` positive
+    ints, else raise ``ValueError`` (``meaning``: what the entries are, for the message)."""
+    if not isinstance(value, (list, tuple)) or len(value) < min_len or not all(
             _is_int(v, 1) for v in value):
-        raise ValueError(f'{owner}: {name} must be a non-empty tuple of positive ints '
-                         f'({meaning}), got {value!r}')
+        expected = 'a non-empty tuple of' if min_len == 1 else f'a tuple of at least {min_len}'
+        raise ValueError(f'{owner}: {name} must be {expected} positive ints ({meaning}), '
+                         f'got {value!r}')
     return tuple(value)
 
 

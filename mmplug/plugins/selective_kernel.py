@@ -39,6 +39,7 @@ from mmplug.layers import (
     check_divisible,
     check_input,
     check_int,
+    check_int_tuple,
     follow_module_mode,
     reduced_channels,
 )
@@ -103,16 +104,12 @@ class SK(BaseModule):
                             ('min_channels', min_channels)):
             check_int('SK', name, value)
         check_divisible('SK', 'in_channels', in_channels, 'groups', groups)
-        if not isinstance(dilations, (tuple, list)) or len(dilations) < 2 or any(
-                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
-            raise ValueError(
-                f'SK: dilations must be a tuple of at least 2 positive ints (one per path), '
-                f'got {dilations!r}')
+        dilations = check_int_tuple('SK', 'dilations', dilations, 'one per path', min_len=2)
         for name, value in (('conv_cfg', conv_cfg), ('norm_cfg', norm_cfg),
                             ('act_cfg', act_cfg)):
             check_cfg('SK', name, value)
         self.in_channels = in_channels
-        self.dilations = tuple(dilations)
+        self.dilations = dilations
         self.groups = groups
         self.rd_channels = reduced_channels('SK', in_channels, rd_ratio, rd_channels, rd_divisor,
                                             min_channels)
