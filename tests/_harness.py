@@ -260,7 +260,8 @@ def _layout(t):
 class MixedLayouts(TorchDispatchMode):
     """Records the ops that take NCHW and channels-last activations together: the CPU
     kernels then read one of them with a large stride (an add of two such tensors costs
-    ~12x a plain one). A conv's weight is not an activation: only its input counts."""
+    ~12x a plain one). A conv's weight and a grid sampler's grid are not activations: only
+    their input counts."""
 
     def __init__(self):
         super().__init__()
@@ -268,7 +269,7 @@ class MixedLayouts(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         tensors = [a for a in tree_flatten((args, kwargs or {}))[0] if isinstance(a, torch.Tensor)]
-        if func is torch.ops.aten.convolution.default:
+        if func in (torch.ops.aten.convolution.default, torch.ops.aten.grid_sampler_2d.default):
             tensors = tensors[:1]
         if len({_layout(t) for t in tensors} - {None}) > 1:
             self.ops.add(str(func))

@@ -148,6 +148,21 @@ def test_forward_keeps_the_nchw_layout(name):
     assert all(o.is_contiguous() for o in outs)
 
 
+@pytest.mark.parametrize('name', list(ZOO))
+def test_channels_last_model_stays_channels_last(name):
+    # model.to(memory_format=torch.channels_last): an NCHW output would meet the
+    # channels-last identity in the host block's residual add.
+    module, inputs = make(name, n=2, h=12, w=10)
+    module.to(memory_format=torch.channels_last)
+    inputs = tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs)
+    with MixedLayouts() as mixed:
+        outs = run(name, module, inputs)
+    assert not mixed.ops, f'{name} mixes NCHW and channels-last in {sorted(mixed.ops)}'
+    layouts = [o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()
+               for o in outs]
+    assert all(layouts), f'{name} returned NCHW outputs: {layouts}'
+
+
 @pytest.mark.parametrize('name', PLUGINS)
 def test_plugin_wrong_input_is_named(name):
     module = ZOO[name].build()

@@ -3,6 +3,8 @@ runtime shape: ``x_j = (2j - (W - 1)) / max(W - 1, 1)``, ``y_i`` alike, ``r = sq
 """
 import torch
 
+from .memory_format import memory_format_of
+
 __all__ = ['coord_channels', 'num_coords']
 
 
@@ -16,8 +18,8 @@ def coord_channels(x, with_r=False):
     """``[x, y]`` (``[x, y, r]`` with ``with_r``) for ``x`` of shape ``[N, C, H, W]``.
 
     Returns:
-        Tensor: ``[N, 2 or 3, H, W]`` in ``x``'s dtype and device; ``x`` varies
-        along W, ``y`` along H.
+        Tensor: ``[N, 2 or 3, H, W]`` in ``x``'s dtype, device and memory layout
+        (NCHW or channels-last); ``x`` varies along W, ``y`` along H.
     """
     n, _, h, w = x.shape
     xx = _axis_coords(w, x).view(1, 1, 1, w).expand(n, 1, h, w)  # [N, 1, H, W]
@@ -25,7 +27,8 @@ def coord_channels(x, with_r=False):
     channels = [xx, yy]
     if with_r:
         channels.append(torch.sqrt(xx * xx + yy * yy))
-    return torch.cat(channels, dim=1)  # [N, 2 or 3, H, W]
+    coords = torch.cat(channels, dim=1)  # [N, 2 or 3, H, W]
+    return coords.contiguous(memory_format=memory_format_of(x))
 
 
 def num_coords(with_r):

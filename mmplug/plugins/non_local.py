@@ -47,6 +47,7 @@ from mmplug.layers import (
     check_input,
     check_int,
     follow_module_mode,
+    memory_format_of,
     reduced_channels,
 )
 from mmplug.registry import MODELS
@@ -173,9 +174,8 @@ class NonLocal(BaseModule):
         # y_i = sum_j softmax_j(theta_i . phi_j * scale) g_j
         y = F.scaled_dot_product_attention(*self._qkv(x), scale=self.scale)  # [N, 1, HW, C']
         y = y.squeeze(1).transpose(1, 2).reshape(n, self.inter_channels, h, w)  # [N, C', H, W]
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            # y is a channels-last view and conv_out's output would be too: summed with an
-            # NCHW x (mixed layouts) that costs ~12x a plain add on the CPU. The copy is
-            # saved for conv_out's backward (C' x HW per image).
-            y = y.contiguous()
+        # y is a channels-last view and conv_out's output would be too: summed with an
+        # NCHW x (mixed layouts) that costs ~12x a plain add on the CPU. For an NCHW x the
+        # copy is saved for conv_out's backward (C' x HW per image).
+        y = y.contiguous(memory_format=memory_format_of(x))
         return x + self.conv_out(y)  # z = W_z y + x

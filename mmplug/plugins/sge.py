@@ -37,24 +37,25 @@ def sge(x, weight, bias, groups, eps=1e-5):
     """The SGE function (module docstring) on ``x`` ``[N, C, H, W]``.
 
     ``weight``/``bias`` are ``gamma``/``beta`` ``[groups]``. Returns the output
-    ``[N, C, H, W]`` and the gate ``[N, G, H, W]``, in ``x``'s dtype.
+    ``[N, C, H, W]`` (in ``x``'s memory layout) and the gate ``[N, G, H, W]``, in ``x``'s dtype.
     """
     n, c, h, w = x.shape
     m = h * w
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        xg = x.reshape(n * groups, c // groups, m)  # [N*G, C/G, HW]
+        # A view of x in either memory layout (NCHW or channels-last): the output keeps it.
+        xg = x.unflatten(1, (groups, c // groups)).flatten(3)  # [N, G, C/G, HW]
         xa = xg.to(acc)
-        mean = xa.mean(dim=2, keepdim=True)  # [N*G, C/G, 1]  g = mean_i x_i
-        sim = torch.bmm(mean.transpose(1, 2), xa)  # [N*G, 1, HW]  c_i = g . x_i
-        sim = sim - sim.mean(dim=2, keepdim=True)
-        var = sim.square().sum(dim=2, keepdim=True) / max(m - 1, 1)  # unbiased
+        mean = xa.mean(dim=3, keepdim=True)  # [N, G, C/G, 1]  g = mean_i x_i
+        sim = torch.matmul(mean.transpose(2, 3), xa)  # [N, G, 1, HW]  c_i = g . x_i
+        sim = sim - sim.mean(dim=3, keepdim=True)
+        var = sim.square().sum(dim=3, keepdim=True) / max(m - 1, 1)  # unbiased
         std = var.clamp_min(_VAR_FLOOR).sqrt()
         c_hat = (sim / (std + eps)).view(n, groups, h, w)
         a = c_hat * weight.to(acc).view(1, groups, 1, 1) + bias.to(acc).view(1, groups, 1, 1)
         gate = torch.sigmoid(a).to(x.dtype)  # [N, G, H, W]
-        out = xg * gate.view(n * groups, 1, m)  # [N*G, C/G, HW]
-    return out.view(n, c, h, w), gate
+        out = xg * gate.view(n, groups, 1, m)  # [N, G, C/G, HW]
+    return out.reshape(n, c, h, w), gate
 
 
 @MODELS.register_module()

@@ -32,7 +32,14 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import nn
 
-from mmplug.layers import check_cfg, check_input, check_int, follow_module_mode, reduced_channels
+from mmplug.layers import (
+    check_cfg,
+    check_input,
+    check_int,
+    follow_module_mode,
+    memory_format_of,
+    reduced_channels,
+)
 from mmplug.registry import MODELS
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -175,4 +182,5 @@ class STN(BaseModule):
         theta = self.theta(x)  # [N, 2, 3]
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _affine_bilinear_sample(x.float(), theta, self.padding_mode)
-        return out.to(x.dtype)  # [N, C, H, W]
+        # The gathers build an NCHW output: back to the input's layout (channels-last stays).
+        return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
