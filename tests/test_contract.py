@@ -5,7 +5,8 @@
 * Plugins inside mmdet's ``ResNet`` and mmseg's ``ResNetV1c`` keep the shapes and train
   (forward and backward reach every plugin parameter).
 * The forward keeps PyTorch's default NCHW layout: it returns contiguous tensors and no op
-  mixes NCHW with channels-last activations (a slow path on the CPU).
+  mixes NCHW with channels-last activations (a slow path on the CPU). A model converted to
+  channels-last gets channels-last outputs, again with no op mixing the two.
 * A plugin given a wrong input (not a tensor, not 4-D, other channels, integers) raises an
   error that names the plugin and what was wrong.
 * Two plugins at one position are both applied, in order (an old mmdet bug applied only the

@@ -18,8 +18,8 @@ def coord_channels(x, with_r=False):
     """``[x, y]`` (``[x, y, r]`` with ``with_r``) for ``x`` of shape ``[N, C, H, W]``.
 
     Returns:
-        Tensor: ``[N, 2 or 3, H, W]`` in ``x``'s dtype, device and memory layout
-        (NCHW or channels-last); ``x`` varies along W, ``y`` along H.
+        Tensor: ``[N, 2 or 3, H, W]`` in ``x``'s dtype and device, channels-last-contiguous
+        if ``x`` is (:func:`memory_format_of`); ``x`` varies along W, ``y`` along H.
     """
     n, _, h, w = x.shape
     xx = _axis_coords(w, x).view(1, 1, 1, w).expand(n, 1, h, w)  # [N, 1, H, W]

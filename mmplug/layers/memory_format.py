@@ -10,8 +10,9 @@ __all__ = ['memory_format_of']
 
 
 def memory_format_of(x):
-    """``torch.channels_last`` for a channels-last ``[N, C, H, W]`` tensor that is not also
-    NCHW-contiguous, else ``torch.contiguous_format``.
+    """``torch.channels_last`` for a channels-last-contiguous ``[N, C, H, W]`` tensor that is
+    not also NCHW-contiguous, else ``torch.contiguous_format`` (also for a strided view such
+    as a slice of a channels-last map).
 
     Example:
         >>> import torch

@@ -37,13 +37,15 @@ def sge(x, weight, bias, groups, eps=1e-5):
     """The SGE function (module docstring) on ``x`` ``[N, C, H, W]``.
 
     ``weight``/``bias`` are ``gamma``/``beta`` ``[groups]``. Returns the output
-    ``[N, C, H, W]`` (in ``x``'s memory layout) and the gate ``[N, G, H, W]``, in ``x``'s dtype.
+    ``[N, C, H, W]`` (channels-last-contiguous if ``x`` is) and the gate ``[N, G, H, W]``, in
+    ``x``'s dtype.
     """
     n, c, h, w = x.shape
     m = h * w
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        # A view of x in either memory layout (NCHW or channels-last): the output keeps it.
+        # A view of x in NCHW or channels-last: the output multiplies it and keeps its layout
+        # (the statistics' matmul copies a channels-last x once, as a reshape to 3-D did).
         xg = x.unflatten(1, (groups, c // groups)).flatten(3)  # [N, G, C/G, HW]
         xa = xg.to(acc)
         mean = xa.mean(dim=3, keepdim=True)  # [N, G, C/G, 1]  g = mean_i x_i

@@ -182,5 +182,5 @@ class STN(BaseModule):
         theta = self.theta(x)  # [N, 2, 3]
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _affine_bilinear_sample(x.float(), theta, self.padding_mode)
-        # The gathers build an NCHW output: back to the input's layout (channels-last stays).
-        return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+        # The gathers build an NCHW output: a channels-last input gets a channels-last one.
+        return out.to(x.dtype, memory_format=memory_format_of(x))
